@@ -1,0 +1,1 @@
+"""Container runtime: the seam between the agent's decisions and real processes."""

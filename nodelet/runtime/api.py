@@ -1,0 +1,145 @@
+"""The runtime interface the agent drives, and the records it returns.
+
+Mirrors kubelet's CRI seam without gRPC: the agent decides (``compute_pod_actions``), the runtime
+executes. Everything here is plain data so the pod worker can be tested against any runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """What the infra holder needs to create the pod's namespaces."""
+
+    pod_uid: str
+    pod_namespace: str
+    pod_name: str
+    hostname: str
+    host_network: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    share_process_namespace: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount into the container's own mount namespace."""
+
+    source: str
+    """Host path, already prepared by the agent (emptyDir dir, checked hostPath)."""
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """A fully prepared container: the holder applies it and execs, deciding nothing."""
+
+    name: str
+    attempt: int
+    """The container's restart count for this start; names its log file ``<attempt>.log``."""
+    argv: list[str]
+    """Command and args after ``$(VAR)`` expansion; argv[0] is looked up in env PATH."""
+    env: dict[str, str]
+    """The complete environment (PATH, HOSTNAME, pod env, downward API)."""
+    log_path: str
+    working_dir: str | None = None
+    mounts: list[Mount] = field(default_factory=list)
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    supplemental_groups: list[int] = field(default_factory=list)
+    no_new_privileges: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """One run (attempt) of a container, as journaled by the holder."""
+
+    name: str
+    attempt: int
+    pid: int
+    started_at: float
+    """Epoch seconds."""
+    finished_at: float | None = None
+    exit_code: int | None = None
+    """128 + signal when killed by a signal, as container runtimes report it."""
+    signal: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    """What the runtime observes of one pod: its holder and every container run."""
+
+    pod_uid: str
+    ready: bool
+    """The holder is alive and answering."""
+    holder_pid: int | None
+    created_at: float
+    pod_ip: str | None = None
+    containers: tuple[ContainerRecord, ...] = ()
+    """Every attempt of every container, oldest first, across sandbox restarts."""
+
+    def attempts(self, name: str) -> list[ContainerRecord]:
+        return [c for c in self.containers if c.name == name]
+
+    def latest(self, name: str) -> ContainerRecord | None:
+        runs = self.attempts(name)
+        return runs[-1] if runs else None
+
+
+@dataclass(frozen=True)
+class KnownPod:
+    """A pod the runtime has a run dir for, found at start-up for re-adoption."""
+
+    pod_uid: str
+    pod: dict[str, Any]
+    """The record the agent stored with ``run_sandbox`` (the StaticPod manifest and its path)."""
+
+
+class ContainerStartError(Exception):
+    """The container could not be started; ``reason`` is kubelet's waiting reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+ChangeCallback = Callable[[str], None]
+"""Called with a pod UID whenever something about that pod changed (an exit, the holder died)."""
+
+
+class Runtime(Protocol):
+    """The operations the pod worker needs. The process runtime implements it."""
+
+    def subscribe(self, callback: ChangeCallback) -> None: ...
+
+    async def start(self) -> None:
+        """Prepare (zygote, dirs) and re-adopt every pod that survived an agent restart."""
+
+    async def close(self) -> None:
+        """Let go of holders without stopping them: pods outlive the agent."""
+
+    async def list_pods(self) -> list[KnownPod]: ...
+
+    async def run_sandbox(self, config: SandboxConfig, pod: dict[str, Any]) -> SandboxStatus:
+        """Create the pod's holder (or return the live one); ``pod`` is stored for re-adoption."""
+
+    async def pod_status(self, pod_uid: str) -> SandboxStatus | None: ...
+
+    async def start_container(self, pod_uid: str, config: ContainerConfig) -> ContainerRecord:
+        """Spawn and exec; returns once exec succeeded, else raises ContainerStartError."""
+
+    async def stop_container(self, pod_uid: str, name: str, grace_seconds: float) -> None:
+        """SIGTERM, SIGKILL after the grace period; returns when the process has exited."""
+
+    async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        """Stop every container, end the holder, remove the run dir. Idempotent."""
