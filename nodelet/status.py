@@ -1,0 +1,243 @@
+"""Build a v1 PodStatus from what the runtime observed, the way kubelet reports it.
+
+Pure: the caller passes the clock and the previous status (for condition transition times).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from nodelet.actions import PodActions
+from nodelet.model import StaticPod
+from nodelet.runtime.api import ContainerRecord, SandboxStatus
+
+Json = dict[str, Any]
+
+UNKNOWN_EXIT_CODE = 137
+"""kubelet's exit code for a container that vanished with its sandbox (ContainerStatusUnknown)."""
+
+
+def rfc3339(epoch: float) -> str:
+    """metav1.Time's wire format: second precision, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def container_id(pod_uid: str, record: ContainerRecord) -> str:
+    return f"nodelet://{pod_uid}/{record.name}/{record.attempt}"
+
+
+def _terminated(pod_uid: str, record: ContainerRecord) -> Json:
+    if record.finished_at is None or record.exit_code is None:
+        # The process was lost with its holder: nothing journaled its end.
+        return {
+            "exitCode": UNKNOWN_EXIT_CODE,
+            "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was terminated",
+            "startedAt": rfc3339(record.started_at),
+            "finishedAt": None,
+            "containerID": container_id(pod_uid, record),
+        }
+    state: Json = {
+        "exitCode": record.exit_code,
+        "reason": "Completed" if record.exit_code == 0 else "Error",
+        "startedAt": rfc3339(record.started_at),
+        "finishedAt": rfc3339(record.finished_at),
+        "containerID": container_id(pod_uid, record),
+    }
+    if record.signal:
+        state["signal"] = record.signal
+    return state
+
+
+def _is_running(record: ContainerRecord, sandbox: SandboxStatus | None) -> bool:
+    return (
+        record.running
+        and sandbox is not None
+        and sandbox.ready
+        and record.started_at >= sandbox.created_at
+    )
+
+
+def container_status(
+    pod: StaticPod,
+    container: Mapping[str, Any],
+    sandbox: SandboxStatus | None,
+    actions: PodActions,
+    default_waiting: str,
+) -> Json:
+    """One entry of ``containerStatuses``/``initContainerStatuses``."""
+    name = container["name"]
+    runs = list(sandbox.attempts(name)) if sandbox else []
+    last = runs[-1] if runs else None
+    status: Json = {
+        "name": name,
+        "image": container.get("image", ""),
+        "imageID": "",
+        "restartCount": max(0, len(runs) - 1),
+        "ready": False,
+        "started": False,
+        "state": {},
+        "lastState": {},
+    }
+    if last is not None:
+        status["containerID"] = container_id(pod.uid, last)
+    waiting = actions.waiting.get(name)
+    previous = runs[-2] if len(runs) > 1 else None
+    if waiting is not None:
+        status["state"] = {"waiting": {"reason": waiting.reason, "message": waiting.message}}
+        previous = last
+    elif last is None:
+        status["state"] = {"waiting": {"reason": default_waiting}}
+    elif _is_running(last, sandbox):
+        status["state"] = {"running": {"startedAt": rfc3339(last.started_at)}}
+        status["ready"] = True
+        status["started"] = True
+    else:
+        status["state"] = {"terminated": _terminated(pod.uid, last)}
+    if previous is not None:
+        status["lastState"] = {"terminated": _terminated(pod.uid, previous)}
+    return status
+
+
+def get_phase(spec: Mapping[str, Any], init: list[Json], app: list[Json]) -> str:
+    """kubelet's ``getPhase`` over the container statuses."""
+    policy = spec.get("restartPolicy", "Always")
+    pending_init = failed_init = 0
+    for st in init:
+        state, last = st["state"], st["lastState"]
+        if "running" in state:
+            pending_init += 1
+        elif "terminated" in state:
+            failed_init += state["terminated"]["exitCode"] != 0
+        elif "terminated" in last:
+            failed_init += last["terminated"]["exitCode"] != 0
+        else:
+            pending_init += 1
+    running = waiting = stopped = succeeded = 0
+    for st in app:
+        state, last = st["state"], st["lastState"]
+        if "running" in state:
+            running += 1
+        elif "terminated" in state:
+            stopped += 1
+            succeeded += state["terminated"]["exitCode"] == 0
+        elif "terminated" in last:
+            stopped += 1
+        else:
+            waiting += 1
+    if failed_init and policy == "Never":
+        return "Failed"
+    if pending_init or failed_init or waiting:
+        return "Pending"
+    if running:
+        return "Running"
+    if stopped:
+        if policy == "Always":
+            return "Running"
+        if stopped == succeeded:
+            return "Succeeded"
+        return "Failed" if policy == "Never" else "Running"
+    return "Pending"
+
+
+def _condition(kind: str, ok: bool, reason: str = "", message: str = "") -> Json:
+    cond: Json = {"type": kind, "status": "True" if ok else "False"}
+    if not ok and reason:
+        cond["reason"] = reason
+        cond["message"] = message
+    return cond
+
+
+def _conditions(
+    spec: Mapping[str, Any],
+    sandbox: SandboxStatus | None,
+    init: list[Json],
+    app: list[Json],
+    phase: str,
+) -> list[Json]:
+    completed = phase in ("Succeeded", "Failed")
+    init_pending = [
+        st["name"]
+        for st in init
+        if not ("terminated" in st["state"] and st["state"]["terminated"]["exitCode"] == 0)
+    ]
+    unready = [st["name"] for st in app if not st["ready"]]
+    reason = "PodCompleted" if completed else "ContainersNotReady"
+    unready_msg = f"containers with unready status: [{' '.join(unready)}]"
+    gates = spec.get("readinessGates") or []
+    ready = not unready and not gates
+    ready_message = unready_msg if unready else "corresponding condition of pod readiness gate"
+    return [
+        _condition("PodReadyToStartContainers", sandbox is not None and sandbox.ready),
+        _condition(
+            "Initialized",
+            not init_pending or completed,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(init_pending)}]",
+        ),
+        _condition("Ready", ready, reason if unready else "ReadinessGatesNotReady", ready_message),
+        _condition("ContainersReady", not unready, reason, unready_msg),
+        _condition("PodScheduled", True),
+    ]
+
+
+def _stamp_transitions(conditions: list[Json], previous: Json | None, now: float) -> None:
+    """Keep a condition's lastTransitionTime until its status flips, as kubelet does."""
+    before = {c["type"]: c for c in (previous or {}).get("conditions", [])}
+    for cond in conditions:
+        old = before.get(cond["type"])
+        if old is not None and old["status"] == cond["status"]:
+            cond["lastTransitionTime"] = old["lastTransitionTime"]
+        else:
+            cond["lastTransitionTime"] = rfc3339(now)
+        cond["lastProbeTime"] = None
+
+
+def qos_class(spec: Mapping[str, Any]) -> str:
+    """BestEffort without requests; Burstable otherwise (limits are not accepted yet)."""
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        if (container.get("resources") or {}).get("requests"):
+            return "Burstable"
+    return "BestEffort"
+
+
+def build_pod_status(
+    pod: StaticPod,
+    sandbox: SandboxStatus | None,
+    actions: PodActions,
+    node_ip: str,
+    previous: Json | None,
+    now: float,
+) -> Json:
+    """The whole v1 PodStatus for ``pod``."""
+    spec = pod.spec
+    init = [
+        container_status(pod, c, sandbox, actions, "PodInitializing")
+        for c in spec.get("initContainers") or []
+    ]
+    init_running = any("running" in st["state"] for st in init)
+    app_default = "PodInitializing" if init and init_running else "ContainerCreating"
+    app = [container_status(pod, c, sandbox, actions, app_default) for c in spec["containers"]]
+    phase = actions.terminal_phase or get_phase(spec, init, app)
+    conditions = _conditions(spec, sandbox, init, app, phase)
+    _stamp_transitions(conditions, previous, now)
+    status: Json = {
+        "phase": phase,
+        "conditions": conditions,
+        "hostIP": node_ip,
+        "hostIPs": [{"ip": node_ip}],
+        "qosClass": qos_class(spec),
+        "containerStatuses": app,
+    }
+    if init:
+        status["initContainerStatuses"] = init
+    pod_ip = node_ip if spec.get("hostNetwork") else (sandbox.pod_ip if sandbox else None)
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    start = (previous or {}).get("startTime") or (rfc3339(sandbox.created_at) if sandbox else None)
+    if start:
+        status["startTime"] = start
+    return status
