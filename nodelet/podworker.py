@@ -1,0 +1,278 @@
+"""One asyncio task per pod UID: it syncs the pod until told to kill it, then tears it down.
+
+kubelet's pod worker rules: a newer update replaces a pending one; a kill is never overwritten;
+a static pod's next incarnation (same full name, new UID) starts only after the previous one is
+completely gone, so an edited manifest never runs twice at once and its ports never clash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodelet.actions import (
+    PodActions,
+    StartAction,
+    StartFailure,
+    backoff_key,
+    compute_pod_actions,
+)
+from nodelet.backoff import Backoff
+from nodelet.config import AgentConfig
+from nodelet.containerprep import (
+    ContainerConfigError,
+    PodContext,
+    build_container_config,
+    pod_hostname,
+    pod_log_dir,
+)
+from nodelet.model import StaticPod
+from nodelet.runtime.api import ContainerStartError, Runtime, SandboxConfig, SandboxStatus
+from nodelet.status import build_pod_status
+from nodelet.volumes import VolumeError, prepare_volumes, remove_pod_volumes
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_ERROR_SECONDS = 1.0
+DEFAULT_GRACE_SECONDS = 30
+
+
+@dataclass
+class WorkerContext:
+    """What every pod worker shares: the runtime, settings and the back-off table."""
+
+    runtime: Runtime
+    config: AgentConfig
+    backoff: Backoff
+    on_status: Callable[[str, dict[str, Any]], None]
+    """Called with (pod UID, v1 PodStatus) after every sync."""
+    node_hostname: str = socket.gethostname()
+
+
+def pod_record(pod: StaticPod) -> dict[str, Any]:
+    """What the runtime stores in the run dir so a restarted agent knows the pod."""
+    return {
+        "uid": pod.uid,
+        "namespace": pod.namespace,
+        "name": pod.name,
+        "sourcePath": pod.source_path,
+        "manifest": pod.manifest,
+    }
+
+
+def pod_from_record(record: dict[str, Any]) -> StaticPod:
+    return StaticPod(
+        uid=record["uid"],
+        namespace=record["namespace"],
+        name=record["name"],
+        source_path=record["sourcePath"],
+        manifest=record["manifest"],
+    )
+
+
+def describe(pod: StaticPod) -> str:
+    return f"pod={pod.namespace}/{pod.name} uid={pod.uid}"
+
+
+class PodWorker:
+    """Drives one pod UID from first sync to full teardown."""
+
+    def __init__(
+        self, pod: StaticPod, ctx: WorkerContext, predecessor: PodWorker | None = None
+    ) -> None:
+        self.pod = pod
+        self._ctx = ctx
+        self._predecessor = predecessor
+        self._wake = asyncio.Event()
+        self._kill_requested = False
+        self._failures: dict[str, StartFailure] = {}
+        self._volume_paths: dict[str, str] | None = None
+        self.status: dict[str, Any] | None = None
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def uid(self) -> str:
+        return self.pod.uid
+
+    @property
+    def killing(self) -> bool:
+        return self._kill_requested
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"podworker-{self.uid}")
+
+    def update(self, pod: StaticPod) -> None:
+        """A newer desired state for the same UID; ignored once a kill was requested."""
+        if not self._kill_requested:
+            self.pod = pod
+            self.poke()
+
+    def kill(self) -> None:
+        """Tear the pod down; sticky: nothing can revive this UID's worker."""
+        self._kill_requested = True
+        self.poke()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            if self._predecessor is not None:
+                await self._predecessor.done.wait()
+            wake_at: float | None = None
+            while not self._kill_requested:
+                try:
+                    wake_at = await self._sync()
+                except Exception:
+                    log.exception("sync failed %s", describe(self.pod))
+                    wake_at = time.time() + RETRY_AFTER_ERROR_SECONDS
+                await self._sleep_until(wake_at)
+            await self._terminate()
+        finally:
+            self.done.set()
+
+    async def _sleep_until(self, wake_at: float | None) -> None:
+        timeout = self._ctx.config.resync_seconds
+        if wake_at is not None:
+            timeout = max(0.0, min(timeout, wake_at - time.time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    def _actions(self, sandbox: SandboxStatus | None) -> PodActions:
+        return compute_pod_actions(
+            self.uid,
+            f"{self.pod.name}_{self.pod.namespace}({self.uid})",
+            self.pod.spec,
+            sandbox,
+            self._failures,
+            self._ctx.backoff,
+            time.time(),
+        )
+
+    async def _sync(self) -> float | None:
+        """One pass: observe, decide, act, report. Returns when to sync again at the latest."""
+        runtime = self._ctx.runtime
+        sandbox = await runtime.pod_status(self.uid)
+        actions = self._actions(sandbox)
+        if actions.create_sandbox:
+            sandbox = await self._create_sandbox()
+            actions = self._actions(sandbox)
+        for start in actions.start:
+            await self._start_container(start, sandbox)
+        if actions.start:
+            sandbox = await runtime.pod_status(self.uid)
+            actions = self._actions(sandbox)
+            if actions.start:
+                self.poke()  # something already finished (a quick init container): go on now
+        self._report(sandbox, actions)
+        return actions.wake_at
+
+    async def _create_sandbox(self) -> SandboxStatus:
+        pod, config = self.pod, self._ctx.config
+        spec = pod.spec
+        pod_log_dir(config.pod_logs_dir, pod).mkdir(parents=True, exist_ok=True)
+        sandbox_config = SandboxConfig(
+            pod_uid=pod.uid,
+            pod_namespace=pod.namespace,
+            pod_name=pod.name,
+            hostname=pod_hostname(pod, self._ctx.node_hostname),
+            host_network=bool(spec.get("hostNetwork")),
+            host_pid=bool(spec.get("hostPID")),
+            host_ipc=bool(spec.get("hostIPC")),
+            share_process_namespace=bool(spec.get("shareProcessNamespace")),
+        )
+        log.info("creating sandbox %s", describe(pod))
+        return await self._ctx.runtime.run_sandbox(sandbox_config, pod_record(pod))
+
+    def _pod_context(self, sandbox: SandboxStatus | None) -> PodContext:
+        pod, config = self.pod, self._ctx.config
+        if self._volume_paths is None:
+            self._volume_paths = prepare_volumes(config.pods_state_dir, pod.uid, pod.spec)
+        pod_ip = config.node_ip if pod.spec.get("hostNetwork") else (sandbox and sandbox.pod_ip)
+        return PodContext(
+            pod=pod,
+            hostname=pod_hostname(pod, self._ctx.node_hostname),
+            node_ip=config.node_ip,
+            pod_ip=pod_ip or "",
+            pod_logs_dir=config.pod_logs_dir,
+            volume_paths=self._volume_paths,
+        )
+
+    def _container_spec(self, start: StartAction) -> dict[str, Any]:
+        key = "initContainers" if start.init else "containers"
+        return next(c for c in self.pod.spec[key] if c["name"] == start.name)
+
+    async def _start_container(self, start: StartAction, sandbox: SandboxStatus | None) -> None:
+        now = time.time()
+        key = backoff_key(self.uid, start.name)
+        last = sandbox.latest(start.name) if sandbox else None
+        failure = self._failures.get(start.name)
+        failed_at = failure.at if failure else None
+        if last is not None and last.finished_at is not None:
+            failed_at = max(failed_at or 0.0, last.finished_at)
+        if failed_at is not None:
+            self._ctx.backoff.next(key, failed_at, now)  # a restart opens/doubles the window
+        try:
+            config = build_container_config(
+                self._pod_context(sandbox), self._container_spec(start), start.attempt
+            )
+            await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
+            record = await self._ctx.runtime.start_container(self.uid, config)
+        except (ContainerConfigError, VolumeError) as err:
+            reason = "CreateContainerConfigError"
+            self._record_failure(start.name, reason, str(err), now)
+            return
+        except ContainerStartError as err:
+            self._record_failure(start.name, err.reason, err.message, now)
+            return
+        self._failures.pop(start.name, None)
+        log.info(
+            "started container %s container=%s attempt=%d pid=%d",
+            describe(self.pod),
+            start.name,
+            start.attempt,
+            record.pid,
+        )
+
+    def _record_failure(self, name: str, reason: str, message: str, now: float) -> None:
+        log.error(
+            "container failed to start %s container=%s: %s: %s",
+            describe(self.pod),
+            name,
+            reason,
+            message,
+        )
+        self._failures[name] = StartFailure(reason, message, now)
+
+    def _report(self, sandbox: SandboxStatus | None, actions: PodActions) -> None:
+        status = build_pod_status(
+            self.pod, sandbox, actions, self._ctx.config.node_ip, self.status, time.time()
+        )
+        self.status = status
+        self._ctx.on_status(self.uid, status)
+
+    async def _terminate(self) -> None:
+        """Stop every container within the grace period, end the holder, remove pod state."""
+        pod = self.pod
+        grace = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        log.info("killing %s grace=%ss", describe(pod), grace)
+        while True:
+            try:
+                await self._ctx.runtime.kill_pod(pod.uid, float(grace))
+                break
+            except Exception:
+                # The successor waits for this pod to be gone, so keep trying rather than lie.
+                log.exception("kill failed, retrying %s", describe(pod))
+                await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
+        await asyncio.to_thread(remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid)
+        self._ctx.backoff.forget_prefix(f"{pod.uid}/")
+        log.info("pod removed %s", describe(pod))
