@@ -282,6 +282,9 @@ def _logs(args: argparse.Namespace) -> int:
             meta = pod["metadata"]
             if meta["name"] == name and meta["namespace"] == (namespace or "default"):
                 args.uid = meta["uid"]
+                app_containers = pod["spec"]["containers"]
+                if args.container is None and len(app_containers) == 1:
+                    args.container = app_containers[0]["name"]  # kubectl's default
     code: int = run_logs(args)
     return code
 

@@ -1,0 +1,41 @@
+import argparse
+from typing import Any
+
+import pytest
+
+from nodelet.cli import duration, pod_display_status
+
+pytestmark = pytest.mark.unit
+
+
+def test_durations_like_kubelet_flags() -> None:
+    assert duration("20s") == 20.0
+    assert duration("1m") == 60.0
+    assert duration("500ms") == 0.5
+    assert duration("3") == 3.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration("ten seconds")
+
+
+def cs(name: str, state: dict[str, Any], ready: bool = False, restarts: int = 0) -> dict[str, Any]:
+    return {"name": name, "state": state, "ready": ready, "restartCount": restarts}
+
+
+def test_status_column_like_kubectl() -> None:
+    running = {"running": {}}
+    initializing = cs("a", {"waiting": {"reason": "PodInitializing"}})
+    init_running = {
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [cs("i", running)],
+            "containerStatuses": [initializing],
+        }
+    }
+    assert pod_display_status(init_running) == ("Init:0/1", 0, 0)
+    looping = {"status": {"phase": "Running", "containerStatuses": [
+        cs("a", running, ready=True),
+        cs("b", {"waiting": {"reason": "CrashLoopBackOff"}}, restarts=4)]}}  # fmt: skip
+    assert pod_display_status(looping) == ("CrashLoopBackOff", 1, 4)
+    done = {"status": {"phase": "Succeeded", "containerStatuses": [
+        cs("a", {"terminated": {"reason": "Completed", "exitCode": 0}})]}}  # fmt: skip
+    assert pod_display_status(done) == ("Completed", 0, 0)
