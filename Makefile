@@ -1,0 +1,94 @@
+# nodelet: developer and CI entry points. GNU make, Debian 12, run as root.
+#
+#   make deps    system packages (only the missing ones) + .venv with nodelet and its dev tools
+#   make run     run the agent in the foreground on ./static-pods
+#   make test    every test tier (unit, system, e2e); most need root
+#   make lint    ruff check, ruff format --check, mypy
+#   make bench   run every bench/*.py
+#   make clean   remove .venv and caches
+#
+# Variables: PYTHON (interpreter that creates .venv), NODELET_ARGS (extra `nodelet run` flags,
+# e.g. NODELET_ARGS='--root-dir /tmp/nl/lib --run-dir /tmp/nl/run --pod-logs-dir /tmp/nl/logs'),
+# POD_MANIFEST_PATH (default ./static-pods), PYTEST_ARGS (e.g. PYTEST_ARGS='-m unit -x').
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the agent and its tests use: ip (netns, veth), ps/pgrep, nsenter/unshare/mount.
+APT_PACKAGES ?= iproute2 procps util-linux
+
+POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
+NODELET_ARGS ?=
+PYTEST_ARGS ?=
+
+export DEBIAN_FRONTEND := noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps system-deps run test lint bench clean
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+deps: $(STAMP)
+
+# Installs only what is missing; `apt-get update` runs once, and only when something is.
+# python3-venv: Debian's python3 cannot create a venv without it (ensurepip lives there); a
+# pyenv or self-built Python has ensurepip and needs nothing.
+system-deps:
+	@missing=""; \
+	command -v $(PYTHON) >/dev/null || missing="$$missing python3 python3-venv"; \
+	if command -v $(PYTHON) >/dev/null && ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+		missing="$$missing python3-venv"; \
+	fi; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "make deps: missing Debian packages:$$missing (run as root to install them)" >&2; \
+			exit 1; \
+		fi; \
+		echo "make deps: installing$$missing"; \
+		apt-get update -qq; \
+		apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python: | system-deps
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: deps
+	$(BIN)/nodelet run --pod-manifest-path $(POD_MANIFEST_PATH) $(NODELET_ARGS)
+
+test: deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Runs all three checks and fails if any did, so one run shows every finding.
+lint: deps
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+bench: deps
+	@for script in bench/*.py; do \
+		[ -e "$$script" ] || continue; \
+		echo "== $$script"; \
+		$(BIN)/python "$$script"; \
+	done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
