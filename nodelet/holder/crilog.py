@@ -1,0 +1,45 @@
+"""Container output to a CRI log file, as containerd writes it.
+
+Each line is ``<RFC3339Nano UTC> <stdout|stderr> <F|P> <text>``: ``F`` ends a line, ``P`` is a
+piece of a line longer than ``MAX_LINE`` (kubelet joins them back). Output that ends without a
+newline is written as ``F`` when the stream closes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+MAX_LINE = 16 * 1024
+
+
+def timestamp(ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+class StreamLog:
+    """One stream (stdout or stderr) of one container run, appended to the shared log file."""
+
+    def __init__(self, log_fd: int, stream: str) -> None:
+        self._fd = log_fd
+        self._stream = stream.encode()
+        self._pending = b""
+
+    def _write(self, text: bytes, tag: bytes) -> None:
+        stamp = timestamp(time.time_ns()).encode()
+        os.write(self._fd, b"%s %s %s %s\n" % (stamp, self._stream, tag, text))
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._pending + data
+        *lines, self._pending = buffer.split(b"\n")
+        for line in lines:
+            self._write(line, b"F")
+        while len(self._pending) > MAX_LINE:
+            self._write(self._pending[:MAX_LINE], b"P")
+            self._pending = self._pending[MAX_LINE:]
+
+    def close(self) -> None:
+        if self._pending:
+            self._write(self._pending, b"F")
+            self._pending = b""

@@ -1,0 +1,313 @@
+"""The infra holder: one per pod. Owns the pod's namespaces, parents and reaps its containers,
+writes their output to CRI logs, and journals every start and exit before telling the agent.
+
+The agent may come and go; the holder keeps serving whoever connects next, and the journal
+(fsync'd) lets a new agent learn every exit it missed. SIGTERM or ``shutdown`` ends the pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodelet.holder import linux, protocol, spawn
+from nodelet.holder.crilog import StreamLog
+
+DEFAULT_SHUTDOWN_GRACE = 2.0
+CLIENT_SEND_TIMEOUT = 2.0
+
+
+@dataclass
+class Container:
+    name: str
+    attempt: int
+    pid: int
+    started_at: float
+    log_fd: int
+    streams: dict[int, StreamLog] = field(default_factory=dict)
+    stopping: bool = False
+    exited: bool = False
+
+
+class Holder:
+    def __init__(self, pod_dir: str, pod_uid: str) -> None:
+        self.pod_dir = pod_dir
+        self.pod_uid = pod_uid
+        self.created_at = time.time()
+        self.containers: dict[str, Container] = {}
+        self.by_pid: dict[int, Container] = {}
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.client: socket.socket | None = None
+        self.client_buffer = b""
+        self.exiting = False
+        self.sel = selectors.DefaultSelector()
+        self.journal = os.open(
+            os.path.join(pod_dir, protocol.JOURNAL_NAME),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def listen(self) -> socket.socket:
+        """Bind under a temporary name and rename: a socket that exists is ready."""
+        final = os.path.join(self.pod_dir, protocol.SOCKET_NAME)
+        temporary = final + ".new"
+        for path in (temporary, final):
+            if os.path.lexists(path):
+                os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(temporary)
+        os.chmod(temporary, 0o600)
+        listener.listen(4)
+        os.rename(temporary, final)
+        return listener
+
+    def serve(self) -> None:
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_w, False)
+        os.set_blocking(sig_r, False)
+        signal.set_wakeup_fd(sig_w)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        listener = self.listen()
+        self.sel.register(listener, selectors.EVENT_READ, lambda: self._accept(listener))
+        self.sel.register(sig_r, selectors.EVENT_READ, lambda: self._signals(sig_r))
+        while not (self.exiting and not self.containers):
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, min(t for t, _ in self.timers) - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                key.data()
+            self._run_timers()
+        os.unlink(os.path.join(self.pod_dir, protocol.SOCKET_NAME))
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _signals(self, sig_r: int) -> None:
+        try:
+            received = os.read(sig_r, 512)
+        except BlockingIOError:
+            return
+        if any(s in (signal.SIGTERM, signal.SIGINT) for s in received):
+            self._shutdown(DEFAULT_SHUTDOWN_GRACE)
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            container = self.by_pid.pop(pid, None)
+            if container is not None:
+                self._exited(container, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, container: Container, code: int) -> None:
+        """A container's main process ended: the rest of its process group goes with it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(container.pid, signal.SIGKILL)
+        del self.containers[container.name]
+        container.exited = True
+        self._record({
+            "type": "exit",
+            "name": container.name,
+            "attempt": container.attempt,
+            "pid": container.pid,
+            "started_at": container.started_at,
+            "finished_at": time.time(),
+            "exit_code": code if code >= 0 else 128 - code,
+            "signal": -code if code < 0 else None,
+        })  # fmt: skip
+        if not container.streams:
+            os.close(container.log_fd)
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        """Journal first (durable), then tell the agent if one is listening."""
+        os.write(self.journal, protocol.encode(entry))
+        os.fsync(self.journal)
+        self._send(entry)
+
+    def _accept(self, listener: socket.socket) -> None:
+        client, _ = listener.accept()
+        if self.client is not None:
+            self._drop_client()
+        client.settimeout(CLIENT_SEND_TIMEOUT)
+        self.client, self.client_buffer = client, b""
+        self.sel.register(client, selectors.EVENT_READ, self._client_readable)
+        self._send({
+            "type": "hello", "version": protocol.VERSION, "pod_uid": self.pod_uid,
+            "created_at": self.created_at,
+        })  # fmt: skip
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.sel.unregister(self.client)
+            self.client.close()
+            self.client = None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.sendall(protocol.encode(message))
+        except OSError:
+            self._drop_client()  # a stuck or gone agent reconnects and reads the journal
+
+    def _client_readable(self) -> None:
+        assert self.client is not None
+        try:
+            data = self.client.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client()
+            return
+        self.client_buffer += data
+        while b"\n" in self.client_buffer:
+            line, self.client_buffer = self.client_buffer.split(b"\n", 1)
+            self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            request = protocol.decode(line)
+        except ValueError:
+            return
+        reply: dict[str, Any] = {"id": request.get("id")}
+        op = request.get("op")
+        try:
+            if op == protocol.OP_SPAWN:
+                reply.update(self._spawn(request["container"]))
+            elif op == protocol.OP_STOP:
+                self._stop(request["name"], float(request.get("grace_seconds", 0)))
+                reply["ok"] = True
+            elif op == protocol.OP_STATE:
+                reply.update(ok=True, containers=[
+                    {"name": c.name, "attempt": c.attempt, "pid": c.pid}
+                    for c in self.containers.values()
+                ])  # fmt: skip
+            elif op == protocol.OP_SHUTDOWN:
+                self._shutdown(float(request.get("grace_seconds", DEFAULT_SHUTDOWN_GRACE)))
+                reply["ok"] = True
+            else:
+                reply.update(ok=False, reason="UnknownOp", message=f"unknown op {op!r}")
+        except (KeyError, TypeError, ValueError) as err:
+            reply.update(ok=False, reason="BadRequest", message=f"{op}: {err!r}")
+        self._send(reply)
+
+    # -- containers -------------------------------------------------------------------------
+
+    def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
+        name = spec["name"]
+        if self.exiting:
+            return {"ok": False, "reason": "PodTerminating", "message": "the pod is stopping"}
+        if name in self.containers:
+            return {"ok": False, "reason": "AlreadyRunning", "message": f"{name} is running"}
+        log_fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o640)  # fmt: skip
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            spawn.run(spec, out_w, err_w, status_w)
+        for fd in (out_w, err_w, status_w):
+            os.close(fd)
+        failure = _read_all(status_r)
+        if failure:
+            os.waitpid(pid, 0)
+            for fd in (out_r, err_r, log_fd):
+                os.close(fd)
+            details = json.loads(failure)
+            return {"ok": False, "reason": details["reason"], "message": details["message"]}
+        container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            container.streams[fd] = StreamLog(log_fd, stream)
+            self.sel.register(fd, selectors.EVENT_READ, self._reader(container, fd))
+        self.containers[name] = container
+        self.by_pid[pid] = container
+        self._record({
+            "type": "start", "name": name, "attempt": container.attempt, "pid": pid,
+            "started_at": container.started_at,
+        })  # fmt: skip
+        return {"ok": True, "pid": pid, "started_at": container.started_at}
+
+    def _reader(self, container: Container, fd: int) -> Callable[[], None]:
+        def readable() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if data:
+                container.streams[fd].feed(data)
+                return
+            container.streams.pop(fd).close()
+            self.sel.unregister(fd)
+            os.close(fd)
+            if not container.streams and container.exited:
+                os.close(container.log_fd)
+
+        return readable
+
+    def _stop(self, name: str, grace: float) -> None:
+        """SIGTERM now, SIGKILL to the whole group after the grace; the holder owns the timer."""
+        container = self.containers.get(name)
+        if container is None or container.stopping:
+            return
+        container.stopping = True
+        try:
+            os.kill(container.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+        def force() -> None:
+            if self.by_pid.get(container.pid) is container:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(container.pid, signal.SIGKILL)
+
+        self.timers.append((time.monotonic() + grace, force))
+
+    def _shutdown(self, grace: float) -> None:
+        self.exiting = True
+        for name in list(self.containers):
+            self._stop(name, grace)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self.timers if t[0] <= now]
+        self.timers = [t for t in self.timers if t[0] > now]
+        for _, action in due:
+            action()
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def run_holder(pod_dir: str, pod_uid: str, hostname: str | None, own_net: bool) -> None:
+    """Entry point in the freshly forked holder (already inside its namespaces)."""
+    linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    if hostname is not None:
+        socket.sethostname(hostname)
+    if own_net:
+        linux.loopback_up()
+    Holder(pod_dir, pod_uid).serve()

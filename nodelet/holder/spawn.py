@@ -1,0 +1,110 @@
+"""What runs in a container's process between fork and exec: apply the prepared spec, exec.
+
+Every failure is written as JSON to the status pipe (close-on-exec: EOF means exec succeeded)
+and the child exits 127, so the holder can tell the agent exactly why a start failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from typing import Any, NoReturn
+
+from nodelet.holder import linux
+
+
+class SetupError(Exception):
+    """The spec cannot be applied; the message is what the operator sees."""
+
+
+def _bind_mounts(mounts: list[dict[str, Any]]) -> None:
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    for mount in mounts:
+        target, source = mount["target"], mount["source"]
+        if not os.path.exists(target):
+            raise SetupError(
+                f"mountPath {target} does not exist on the host; it is not created there "
+                "(filesystem isolation is not implemented yet)"
+            )
+        linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
+        if mount.get("read_only"):
+            flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
+            linux.mount(None, target, None, flags)
+
+
+def _working_dir(path: str, mounts: list[dict[str, Any]]) -> None:
+    if not os.path.isdir(path):
+        inside = any(
+            path == m["target"] or path.startswith(m["target"].rstrip("/") + "/") for m in mounts
+        )
+        if not inside:
+            raise SetupError(
+                f"workingDir {path} does not exist and lies outside every volume; it is not "
+                "created on the host filesystem"
+            )
+        os.makedirs(path, exist_ok=True)
+    os.chdir(path)
+
+
+def _identity(spec: dict[str, Any]) -> None:
+    user, group = spec.get("run_as_user"), spec.get("run_as_group")
+    groups = list(spec.get("supplemental_groups") or [])
+    if user is not None or group is not None or groups:
+        os.setgroups(groups)
+    if group is not None:
+        os.setgid(group)
+    if user is not None:
+        if group is None:
+            os.setgid(0)
+        os.setuid(user)
+
+
+def _exec_error(argv0: str, err: OSError) -> str:
+    if err.errno == errno.ENOENT and "/" not in argv0:
+        return f'exec: "{argv0}": executable file not found in $PATH'
+    return f'exec: "{argv0}": {os.strerror(err.errno or 0)}'
+
+
+def run(spec: dict[str, Any], stdout_w: int, stderr_w: int, status_w: int) -> NoReturn:
+    """In the forked child: never returns."""
+    argv = [str(a) for a in spec["argv"]]
+    try:
+        os.setsid()
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        mounts = list(spec.get("mounts") or [])
+        if mounts:
+            _bind_mounts(mounts)
+        if spec.get("working_dir"):
+            _working_dir(spec["working_dir"], mounts)
+        _identity(spec)
+        if spec.get("no_new_privileges"):
+            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        os.closerange(3, status_w)
+        os.closerange(status_w + 1, 65536)
+        try:
+            os.execvpe(argv[0], argv, dict(spec["env"]))
+        except OSError as err:
+            raise SetupError(_exec_error(argv[0], err)) from err
+    except SetupError as err:
+        _fail(status_w, "RunContainerError", str(err))
+    except OSError as err:
+        _fail(status_w, "RunContainerError", f"{err.strerror or err}: {err.filename or ''}")
+    except BaseException as err:
+        _fail(status_w, "RunContainerError", repr(err))
+
+
+def _fail(status_w: int, reason: str, message: str) -> NoReturn:
+    try:
+        os.write(status_w, json.dumps({"reason": reason, "message": message}).encode())
+    finally:
+        os._exit(127)
