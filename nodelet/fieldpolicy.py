@@ -1,0 +1,176 @@
+"""Which Pod fields nodelet honours, which only matter to a cluster, and which it refuses.
+
+Fail closed: a field that changes what runs or its security and is not implemented yet rejects
+the pod with ``unsupported: <path>``; a field missing from this table counts as such, so a new
+API field is refused until someone decides what it means here. A field set to its API default
+counts as not set (``privileged: false`` asks for nothing).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any
+
+
+class Policy(enum.Enum):
+    STRUCT = "struct"
+    """An object whose own fields are each looked up (it covers nothing by itself)."""
+    IMPLEMENTED = "implemented"
+    NO_EFFECT = "no effect"
+    """Accepted and ignored, as kubelet does: it only matters to a scheduler or the cluster."""
+    UNSUPPORTED = "unsupported"
+    FORBIDDEN = "forbidden"
+    """Static pods may not reference API objects."""
+
+
+S, OK, NOOP, NO, FORBID = (
+    Policy.STRUCT, Policy.IMPLEMENTED, Policy.NO_EFFECT, Policy.UNSUPPORTED, Policy.FORBIDDEN,
+)  # fmt: skip
+
+_CONTAINER: dict[str, Policy] = {
+    "": S,
+    "name": OK, "image": OK, "command": OK, "args": OK, "workingDir": OK,
+    "env": S, "env[]": S, "env[].name": OK, "env[].value": OK,
+    "env[].valueFrom": S, "env[].valueFrom.fieldRef": OK,
+    "env[].valueFrom.secretKeyRef": FORBID, "env[].valueFrom.configMapKeyRef": FORBID,
+    "env[].valueFrom.resourceFieldRef": NO, "env[].valueFrom.fileKeyRef": NO,
+    "envFrom": FORBID,
+    "ports": S, "ports[]": S, "ports[].containerPort": OK, "ports[].name": OK,
+    "ports[].protocol": OK, "ports[].hostIP": NO, "ports[].hostPort": OK,
+    "volumeMounts": S, "volumeMounts[]": S, "volumeMounts[].name": OK,
+    "volumeMounts[].mountPath": OK, "volumeMounts[].readOnly": OK,
+    "volumeDevices": FORBID,
+    "imagePullPolicy": NOOP,
+    "terminationMessagePath": NOOP, "terminationMessagePolicy": NOOP,
+    "resources": S, "resources.requests": NOOP,
+    "resizePolicy": NOOP,
+    "securityContext": S, "securityContext.runAsUser": OK, "securityContext.runAsGroup": OK,
+    "securityContext.runAsNonRoot": OK, "securityContext.allowPrivilegeEscalation": OK,
+    "securityContext.privileged": OK,
+}  # fmt: skip
+
+_POD: dict[str, Policy] = {
+    "": S,
+    "apiVersion": OK, "kind": OK, "status": NOOP,
+    "metadata": S, "metadata.name": OK, "metadata.namespace": OK, "metadata.uid": OK,
+    "metadata.labels": OK, "metadata.annotations": OK, "metadata.creationTimestamp": NOOP,
+    "metadata.resourceVersion": NOOP, "metadata.generation": NOOP, "metadata.finalizers": NOOP,
+    "metadata.managedFields": NOOP, "metadata.ownerReferences": NOOP,
+    "spec": S,
+    "spec.restartPolicy": OK, "spec.terminationGracePeriodSeconds": OK,
+    "spec.hostNetwork": OK, "spec.hostPID": OK, "spec.hostIPC": OK,
+    "spec.shareProcessNamespace": OK, "spec.hostname": OK, "spec.subdomain": OK,
+    "spec.nodeName": OK, "spec.dnsPolicy": OK, "spec.enableServiceLinks": OK,
+    "spec.automountServiceAccountToken": OK, "spec.readinessGates": OK, "spec.os": OK,
+    "spec.hostUsers": OK,
+    "spec.securityContext": S, "spec.securityContext.runAsUser": OK,
+    "spec.securityContext.runAsGroup": OK, "spec.securityContext.runAsNonRoot": OK,
+    "spec.securityContext.supplementalGroups": OK,
+    "spec.volumes": S, "spec.volumes[]": S, "spec.volumes[].name": OK,
+    "spec.volumes[].emptyDir": S, "spec.volumes[].emptyDir.medium": OK,
+    "spec.volumes[].hostPath": OK,
+    "spec.volumes[].secret": FORBID, "spec.volumes[].configMap": FORBID,
+    "spec.volumes[].persistentVolumeClaim": FORBID, "spec.volumes[].projected": FORBID,
+    "spec.volumes[].ephemeral": FORBID, "spec.volumes[].csi": FORBID,
+    "spec.imagePullSecrets": FORBID, "spec.serviceAccountName": FORBID,
+    "spec.serviceAccount": FORBID, "spec.ephemeralContainers": FORBID,
+    "spec.resourceClaims": FORBID,
+    "spec.affinity": NOOP, "spec.tolerations": NOOP, "spec.nodeSelector": NOOP,
+    "spec.topologySpreadConstraints": NOOP, "spec.priority": NOOP,
+    "spec.priorityClassName": NOOP, "spec.preemptionPolicy": NOOP, "spec.schedulerName": NOOP,
+    "spec.schedulingGates": NOOP, "spec.overhead": NOOP,
+}  # fmt: skip
+for _prefix in ("spec.containers[]", "spec.initContainers[]"):
+    _POD[_prefix.removesuffix("[]")] = S
+    for _key, _policy in _CONTAINER.items():
+        _POD[f"{_prefix}.{_key}" if _key else _prefix] = _policy
+_POD["spec.initContainers[].restartPolicy"] = NO  # sidecar containers
+
+TABLE: dict[str, Policy] = _POD
+
+_DEFAULTS_AS_UNSET: dict[str, Any] = {
+    "securityContext.privileged": False,
+    "securityContext.readOnlyRootFilesystem": False,
+    "securityContext.procMount": "Default",
+    "securityContext.seccompProfile": {"type": "Unconfined"},
+    "securityContext.appArmorProfile": {"type": "Unconfined"},
+    "stdin": False,
+    "stdinOnce": False,
+    "tty": False,
+    "volumeMounts[].mountPropagation": "None",
+    "volumeMounts[].subPath": "",
+    "spec.hostUsers": True,
+    "spec.setHostnameAsFQDN": False,
+    "spec.volumes[].emptyDir.medium": "",
+}
+_WHY_FORBIDDEN = {
+    "secret": "secrets", "configMap": "config maps", "persistentVolumeClaim": "persistent "
+    "volume claims", "projected": "projected (API object) sources", "ephemeral": "ephemeral "
+    "volume claims", "csi": "CSI drivers", "secretKeyRef": "secrets", "configMapKeyRef":
+    "config maps", "envFrom": "config maps or secrets", "imagePullSecrets": "secrets",
+    "serviceAccountName": "service accounts", "serviceAccount": "service accounts",
+    "ephemeralContainers": "ephemeral containers", "resourceClaims": "resource claims",
+    "volumeDevices": "persistent volume claims",
+}  # fmt: skip
+
+_INDEX = re.compile(r"\[[^\]]*\]")
+
+
+def pattern_of(path: str) -> str:
+    """``spec.containers[0].env[2].name`` -> ``spec.containers[].env[].name``."""
+    return _INDEX.sub("[]", path)
+
+
+def _is_default(pattern: str, value: Any) -> bool:
+    if value in (None, [], {}):
+        return True
+    for suffix, default in _DEFAULTS_AS_UNSET.items():
+        if (pattern == suffix or pattern.endswith("." + suffix)) and value == default:
+            return True
+    return False
+
+
+def policy_of(pattern: str) -> Policy:
+    """The exact entry, else the nearest ancestor that covers its subtree, else UNSUPPORTED."""
+    if pattern in TABLE:
+        return TABLE[pattern]
+    parts = pattern.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        ancestor = TABLE.get(".".join(parts[:end]))
+        if ancestor is not None and ancestor is not Policy.STRUCT:
+            return ancestor
+    return Policy.UNSUPPORTED
+
+
+def check(manifest: dict[str, Any], error: Callable[[str, str], None]) -> None:
+    """Report every set field that is unsupported or forbidden for a static pod."""
+    _walk(manifest, "", error)
+
+
+def _walk(value: Any, path: str, error: Callable[[str, str], None]) -> None:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk(item, f"{path}[{index}]", error)
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        child = f"{path}.{key}" if path else str(key)
+        pattern = pattern_of(child)
+        if _is_default(pattern, item):
+            continue
+        policy = policy_of(pattern)
+        if policy is Policy.STRUCT:
+            _walk(item, child, error)
+        elif policy is Policy.UNSUPPORTED:
+            error(child, f"unsupported: {child} (not implemented by nodelet yet)")
+        elif policy is Policy.FORBIDDEN:
+            what = _WHY_FORBIDDEN.get(str(key), "API objects")
+            error(child, f"static pods may not reference {what}")
+
+
+def policy_table() -> list[tuple[str, str]]:
+    """(pattern, policy) for documentation."""
+    return [(p, v.value) for p, v in TABLE.items() if p and v is not Policy.STRUCT]
