@@ -125,7 +125,9 @@ class Agent:
             elif op.pod is not None:
                 self.workers[op.uid].update(op.pod)
         self.desired = dict(snapshot.pods)
-        if self._known is not None:
+        if self._known is not None and snapshot.complete:
+            # Only a complete set may condemn a pod from before the restart: a manifest still
+            # being written must not get its running pod killed.
             self._clean_orphans(self._known)
             self._known = None
 

@@ -8,7 +8,6 @@ completely gone, so an edited manifest never runs twice at once and its ports ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -24,6 +23,7 @@ from nodelet.actions import (
     backoff_key,
     compute_pod_actions,
 )
+from nodelet.aio import wait_event
 from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig
 from nodelet.containerprep import (
@@ -143,8 +143,7 @@ class PodWorker:
         timeout = self._ctx.config.resync_seconds
         if wake_at is not None:
             timeout = max(0.0, min(timeout, wake_at - time.time()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await wait_event(self._wake, timeout)
         self._wake.clear()
 
     def _actions(self, sandbox: SandboxStatus | None) -> PodActions:

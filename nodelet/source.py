@@ -30,6 +30,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from nodelet.aio import wait_event
 from nodelet.manifests import is_ignored, load_manifest
 from nodelet.model import ManifestError, Rejection, StaticPod
 
@@ -49,6 +50,8 @@ class SourceSnapshot:
     pods: dict[str, StaticPod]
     """By UID."""
     rejected: list[Rejection] = field(default_factory=list)
+    complete: bool = True
+    """False while a file never read before is still being written: its pod may be missing."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,7 @@ class ManifestSource:
                 self._ensure_watch()
                 deadline = await self._relist()
                 timeout = self._period if deadline is None else min(self._period, deadline)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await wait_event(self._wake, timeout)
                 self._wake.clear()
                 await asyncio.sleep(DEBOUNCE_SECONDS)
         finally:
@@ -195,15 +197,18 @@ class ManifestSource:
         now = time.monotonic()
         results: list[StaticPod | Rejection] = []
         wait: float | None = None
+        complete = True
         for name in names:
             result, defer = await self._read(name, now)
             if defer is not None:
                 wait = defer if wait is None else min(wait, defer)
             if result is not None:
                 results.append(result)
+            else:
+                complete = False
         for gone in set(self._cache) - set(names):
             del self._cache[gone]
-        self._emit(self._snapshot(results))
+        self._emit(self._snapshot(results, complete))
         self.last_relist = time.monotonic()
         return wait
 
@@ -238,7 +243,7 @@ class ManifestSource:
                 log.error("manifest rejected: %s", err)
         return result, None
 
-    def _snapshot(self, results: list[StaticPod | Rejection]) -> SourceSnapshot:
+    def _snapshot(self, results: list[StaticPod | Rejection], complete: bool) -> SourceSnapshot:
         """Apply kubelet's cross-file rules: first file (sorted) wins a duplicate pod name."""
         pods: dict[str, StaticPod] = {}
         owners: dict[str, str] = {}
@@ -255,7 +260,7 @@ class ManifestSource:
             pods[result.uid] = self._with_first_seen(result)
         for uid in set(self._first_seen) - set(pods):
             del self._first_seen[uid]
-        return SourceSnapshot(pods=pods, rejected=rejected)
+        return SourceSnapshot(pods=pods, rejected=rejected, complete=complete)
 
     def _with_first_seen(self, pod: StaticPod) -> StaticPod:
         """Keep ``config.seen`` at the first sighting of this UID, as kubelet does."""

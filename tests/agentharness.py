@@ -192,6 +192,8 @@ def agent_session(extra_args: list[str] | None = None) -> Iterator[Callable[[], 
 
 
 def _teardown(agents: list[Agent], before: set[int], base: Path) -> None:
+    if agents and agents[0].output.exists():  # shown by pytest when the test failed
+        print("--- agent log (tail) ---\n" + agents[0].output.read_text()[-6000:])
     live = [a for a in agents if a.alive()]
     if live:  # the graceful path first: remove every manifest and let the agent clean up
         for path in live[-1].manifests.iterdir():
