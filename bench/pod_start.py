@@ -34,7 +34,7 @@ def cri_time(line: str) -> float:
 
 def first_line(agent: Agent, pod: dict[str, Any], container: str, attempt: int) -> str:
     path = agent.log_dir(pod, container) / f"{attempt}.log"
-    text = wait_for(lambda: path.exists() and path.read_text(), 10, str(path))
+    text: str = wait_for(lambda: path.read_text() if path.exists() else None, 10, str(path))
     return text.splitlines()[0]
 
 

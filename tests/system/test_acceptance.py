@@ -142,7 +142,8 @@ def test_crash_loop_backs_off_doubling(agent: Agent) -> None:
 
     def waiting_reason() -> str | None:
         cs = agent.container_status("crashy", "app")
-        return (cs or {}).get("state", {}).get("waiting", {}).get("reason")
+        reason: str | None = (cs or {}).get("state", {}).get("waiting", {}).get("reason")
+        return reason
 
     assert wait_for(lambda: waiting_reason() == "CrashLoopBackOff", 10, "CrashLoopBackOff")
     starts = [float(agent.log_value(pod, "app", "start", attempt=n)) for n in range(5)]

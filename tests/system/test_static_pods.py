@@ -36,4 +36,3 @@ def test_bundled_pods_run(agent: Agent) -> None:
     clock = wait_for(lambda: agent.running("clock"), 30, "clock running")
     wait_for(lambda: agent.log_lines(clock, "clock"), 20, "clock output")
     assert agent.get("/rejected")["items"] == []
-

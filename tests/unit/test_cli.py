@@ -22,7 +22,7 @@ def cs(name: str, state: dict[str, Any], ready: bool = False, restarts: int = 0)
 
 
 def test_status_column_like_kubectl() -> None:
-    running = {"running": {}}
+    running: dict[str, Any] = {"running": {}}
     initializing = cs("a", {"waiting": {"reason": "PodInitializing"}})
     init_running = {
         "status": {
