@@ -124,10 +124,19 @@ def check_pod(obj: dict[str, Any], node_name: str) -> list[tuple[str, str]]:
         problems.append((field, reason))
 
     podschema.check(obj, "V1Pod", "", sink)
-    if problems:
-        return problems  # semantic checks assume the right shapes
-    fieldpolicy.check(obj, sink)
-    validation.validate(obj, node_name, sink)
+    malformed = tuple(field for field, _ in problems)
+
+    def later_sink(field: str, reason: str) -> None:
+        if not field.startswith(malformed):  # one error per field: the structural one
+            problems.append((field, reason))
+
+    for later_check in (fieldpolicy.check, lambda o, s: validation.validate(o, node_name, s)):
+        try:
+            later_check(obj, later_sink)
+        except (AttributeError, TypeError, KeyError):
+            # Only reachable when a value has the wrong shape, which is already reported.
+            if not malformed:
+                raise
     return problems
 
 
