@@ -173,7 +173,9 @@ class Agent:
 
 
 @contextlib.contextmanager
-def agent_session(extra_args: list[str] | None = None) -> Iterator[Callable[[], Agent]]:
+def agent_session(
+    extra_args: list[str] | None = None, show_log: bool = True
+) -> Iterator[Callable[[], Agent]]:
     """Yields a factory of agents sharing one set of dirs (a restarted agent is a new Agent)."""
     base = Path(tempfile.mkdtemp(prefix="nlt-"))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -188,11 +190,11 @@ def agent_session(extra_args: list[str] | None = None) -> Iterator[Callable[[], 
     try:
         yield make
     finally:
-        _teardown(agents, before, base)
+        _teardown(agents, before, base, show_log)
 
 
-def _teardown(agents: list[Agent], before: set[int], base: Path) -> None:
-    if agents and agents[0].output.exists():  # shown by pytest when the test failed
+def _teardown(agents: list[Agent], before: set[int], base: Path, show_log: bool) -> None:
+    if show_log and agents and agents[0].output.exists():  # shown by pytest when the test failed
         print("--- agent log (tail) ---\n" + agents[0].output.read_text()[-6000:])
     live = [a for a in agents if a.alive()]
     if live:  # the graceful path first: remove every manifest and let the agent clean up

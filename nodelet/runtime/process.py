@@ -106,6 +106,10 @@ class ProcessRuntime:
         self._channel: socket.socket | None = None
         self._zygote_lock = asyncio.Lock()
 
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.pid if self._zygote else None
+
     def subscribe(self, callback: ChangeCallback) -> None:
         self._callbacks.append(callback)
 
