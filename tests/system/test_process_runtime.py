@@ -1,0 +1,161 @@
+"""The process runtime on its own: real holders, namespaces, signals and journals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nodelet.runtime.api import (
+    ContainerConfig,
+    ContainerStartError,
+    Mount,
+    SandboxConfig,
+    SandboxStatus,
+)
+from nodelet.runtime.process import ProcessRuntime
+from tests.agentharness import CRI_LINE, process_gone
+
+pytestmark = pytest.mark.system
+
+PATH = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+class Box:
+    """A started runtime in a private run dir; every pod it made is killed on exit."""
+
+    def __init__(self, base: Path, runtime: ProcessRuntime) -> None:
+        self.base = base
+        self.runtime = runtime
+        self.uids: list[str] = []
+
+    async def sandbox(self, uid: str, **flags: bool) -> SandboxStatus:
+        self.uids.append(uid)
+        config = SandboxConfig(uid, "default", uid, f"host-{uid}", **flags)
+        return await self.runtime.run_sandbox(config, {"uid": uid})
+
+    async def run(self, uid: str, name: str, script: str, **extra: object) -> int:
+        config = ContainerConfig(
+            name, 0, ["sh", "-c", script], dict(PATH), str(self.base / f"{uid}-{name}.log"),
+            **extra,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return (await self.runtime.start_container(uid, config)).pid
+
+    async def output(self, uid: str, name: str, lines: int = 1) -> list[str]:
+        path = self.base / f"{uid}-{name}.log"
+        for _ in range(200):
+            text = path.read_text() if path.exists() else ""
+            found = [CRI_LINE.match(line) for line in text.splitlines()]
+            if len(found) >= lines:
+                assert all(found), text
+                return [m.group(4) for m in found if m]
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{path}: fewer than {lines} lines")
+
+
+@pytest.fixture
+async def box() -> AsyncIterator[Box]:
+    base = Path(tempfile.mkdtemp(prefix="nlt-rt-"))
+    runtime = ProcessRuntime(base / "run")
+    await runtime.start()
+    state = Box(base, runtime)
+    try:
+        yield state
+    finally:
+        for uid in state.uids:
+            status = await runtime.pod_status(uid)
+            await runtime.kill_pod(uid, 0.5)
+            if status is not None and status.holder_pid is not None:
+                assert process_gone(status.holder_pid)
+        await runtime.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ns(pid: int | str, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+async def test_shared_process_namespace_makes_the_holder_pid_1(box: Box) -> None:
+    status = await box.sandbox("nlt-pidns", share_process_namespace=True)
+    assert status.holder_pid is not None
+    status_text = Path(f"/proc/{status.holder_pid}/status").read_text()
+    nspid = next(line for line in status_text.splitlines() if line.startswith("NSpid:")).split()[1:]
+    assert nspid[-1] == "1" and len(nspid) == 2
+    await box.run("nlt-pidns", "a", "exec sleep 60")
+    await box.run("nlt-pidns", "b", "echo seen=$(ps -e -o comm= | grep -c sleep); exec sleep 60")
+    assert (await box.output("nlt-pidns", "b"))[0] == "seen=1"  # sees its sibling's process
+
+
+async def test_host_network_and_ipc_share_the_hosts(box: Box) -> None:
+    status = await box.sandbox("nlt-hostnet", host_network=True, host_ipc=True)
+    assert status.holder_pid is not None
+    for kind in ("net", "ipc", "uts"):
+        assert ns(status.holder_pid, kind) == ns("self", kind)
+    own = await box.sandbox("nlt-ownnet")
+    assert own.holder_pid is not None
+    for kind in ("net", "ipc", "uts"):
+        assert ns(own.holder_pid, kind) != ns("self", kind)
+    await box.run("nlt-ownnet", "c", "hostname; cat /sys/class/net/lo/operstate")
+    assert await box.output("nlt-ownnet", "c", 2) == ["host-nlt-ownnet", "unknown"]
+
+
+async def test_grace_period_ends_with_sigkill_of_the_whole_group(box: Box) -> None:
+    await box.sandbox("nlt-grace")
+    pid = await box.run("nlt-grace", "stubborn", "trap '' TERM; sleep 300 & echo child=$!; wait")
+    child = int((await box.output("nlt-grace", "stubborn"))[0].split("=")[1])
+    started = asyncio.get_running_loop().time()
+    await box.runtime.stop_container("nlt-grace", "stubborn", 0.5)
+    assert asyncio.get_running_loop().time() - started >= 0.5
+    assert process_gone(pid) and process_gone(child)
+    status = await box.runtime.pod_status("nlt-grace")
+    assert status is not None
+    last = status.latest("stubborn")
+    assert last is not None and last.exit_code == 137 and last.signal == 9
+
+
+async def test_exec_failure_is_reported_not_journaled_as_a_run(box: Box) -> None:
+    await box.sandbox("nlt-exec")
+    config = ContainerConfig("x", 0, ["nlt-no-such-binary"], dict(PATH), str(box.base / "x.log"))
+    with pytest.raises(ContainerStartError) as failure:
+        await box.runtime.start_container("nlt-exec", config)
+    assert failure.value.reason == "RunContainerError"
+    assert 'exec: "nlt-no-such-binary": executable file not found in $PATH' in failure.value.message
+    status = await box.runtime.pod_status("nlt-exec")
+    assert status is not None and status.containers == ()
+
+
+async def test_mounts_are_private_and_read_only_when_asked(box: Box) -> None:
+    await box.sandbox("nlt-mnt")
+    volume = box.base / "vol"
+    volume.mkdir()
+    (volume / "marker").write_text("inside\n")
+    host_before = sorted(os.listdir("/mnt"))
+    await box.run("nlt-mnt", "ro", "cat /mnt/marker; touch /mnt/x 2>/dev/null || echo read-only",
+                  mounts=[Mount(str(volume), "/mnt", read_only=True)])  # fmt: skip
+    assert await box.output("nlt-mnt", "ro", 2) == ["inside", "read-only"]
+    assert sorted(os.listdir("/mnt")) == host_before  # the host's /mnt never changed
+    with pytest.raises(ContainerStartError, match="does not exist on the host"):
+        await box.run("nlt-mnt", "bad", "true", mounts=[Mount(str(volume), "/nlt-nowhere")])
+    assert not Path("/nlt-nowhere").exists()
+
+
+async def test_journal_survives_a_new_runtime(box: Box) -> None:
+    await box.sandbox("nlt-journal")
+    await box.run("nlt-journal", "stay", "exec sleep 60")
+    await box.run("nlt-journal", "quit", "sleep 0.3; exit 7")
+    await box.runtime.close()  # the agent goes away; the pod does not
+    await asyncio.sleep(0.6)  # "quit" exits while nobody listens
+    box.runtime = ProcessRuntime(box.base / "run")
+    await box.runtime.start()
+    status = await box.runtime.pod_status("nlt-journal")
+    assert status is not None and status.ready
+    quit_run = status.latest("quit")
+    assert quit_run is not None and quit_run.exit_code == 7
+    stay = status.latest("stay")
+    assert stay is not None and stay.running and psutil.pid_exists(stay.pid)
