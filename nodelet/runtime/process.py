@@ -145,19 +145,38 @@ class ProcessRuntime:
         self._channel = ours
 
     async def _ask_zygote(self, request: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
+        """One request to the zygote; a zygote that died (OOM kill, say) is replaced once."""
         async with self._zygote_lock:
-            assert self._channel is not None
-            await loop.sock_sendall(self._channel, protocol.encode(request))
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = await asyncio.wait_for(
-                    loop.sock_recv(self._channel, 65536), HOLDER_READY_TIMEOUT
-                )
-                if not chunk:
-                    raise OSError("the zygote exited")
-                data += chunk
+            try:
+                return await self._zygote_exchange(request)
+            except (OSError, TimeoutError) as err:
+                log.warning("zygote failed (%s); starting a new one", err)
+                self._stop_zygote()
+                self._start_zygote()
+                return await self._zygote_exchange(request)
+
+    async def _zygote_exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if self._channel is None:
+            raise OSError("no zygote")
+        await loop.sock_sendall(self._channel, protocol.encode(request))
+        data = b""
+        while not data.endswith(b"\n"):
+            async with asyncio.timeout(HOLDER_READY_TIMEOUT):
+                chunk = await loop.sock_recv(self._channel, 65536)
+            if not chunk:
+                raise OSError("the zygote exited")
+            data += chunk
         return protocol.decode(data)
+
+    def _stop_zygote(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote.wait()
+            self._zygote = None
 
     async def close(self) -> None:
         """Disconnect from every holder and stop the zygote; the pods keep running."""
@@ -170,13 +189,7 @@ class ProcessRuntime:
             if pod.client is not None:
                 client, pod.client = pod.client, None
                 await client.close()
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        if self._zygote is not None:
-            self._zygote.kill()
-            await asyncio.to_thread(self._zygote.wait)
-            self._zygote = None
+        self._stop_zygote()
 
     # -- adoption and liveness --------------------------------------------------------------
 

@@ -159,3 +159,12 @@ async def test_journal_survives_a_new_runtime(box: Box) -> None:
     assert quit_run is not None and quit_run.exit_code == 7
     stay = status.latest("stay")
     assert stay is not None and stay.running and psutil.pid_exists(stay.pid)
+
+
+async def test_a_dead_zygote_is_replaced(box: Box) -> None:
+    zygote = box.runtime.zygote_pid
+    assert zygote is not None
+    os.kill(zygote, 9)
+    await asyncio.sleep(0.1)
+    status = await box.sandbox("nlt-zygote")
+    assert status.ready and box.runtime.zygote_pid not in (None, zygote)
