@@ -12,14 +12,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.agentharness import NODE, Agent, agent_session, free_port, process_gone, wait_for
+from tests.agentharness import NODE, Agent, free_port, process_gone, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -63,19 +63,6 @@ def manifest(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
         "spec": {"containers": containers, **spec},
     }
     return json.dumps(pod, indent=1)
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[], Agent]]:
-    with agent_session(["--crashloop-backoff-initial", "1s", "--crashloop-backoff-max", "8s"]) as f:
-        yield f
-
-
-@pytest.fixture
-def agent(agents: Callable[[], Agent]) -> Agent:
-    first = agents()
-    first.start()
-    return first
 
 
 def host_ns(kind: str) -> str:

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.agentharness import NODE, Agent, agent_session, process_gone, wait_for
+from tests.agentharness import NODE, Agent, process_gone, wait_for
 from tests.badmanifests import BAD_MANIFESTS
 
 pytestmark = pytest.mark.system
@@ -27,19 +27,6 @@ def good_pod(name: str, script: str = SLEEPER) -> str:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"containers": [container], "terminationGracePeriodSeconds": 2}}  # fmt: skip
     return json.dumps(pod)
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[[], Agent]]:
-    with agent_session() as factory:
-        yield factory
-
-
-@pytest.fixture
-def agent(agents: Callable[[], Agent]) -> Agent:
-    first = agents()
-    first.start()
-    return first
 
 
 def nodelet(*args: str) -> subprocess.CompletedProcess[str]:

@@ -152,3 +152,13 @@ async def test_seen_annotation_is_stable_across_relists(manifest_dir: Path) -> N
         again.manifest["metadata"]["annotations"][key]
         == (first.manifest["metadata"]["annotations"][key])
     )
+
+
+async def test_unsettled_file_at_start_makes_the_set_incomplete(manifest_dir: Path) -> None:
+    # Written just now by someone we never saw close it: maybe still being written.
+    (manifest_dir / "fresh.yaml").write_text(pod_text("fresh"))
+    async with running_source(manifest_dir, period=0.2, settle=1.0) as rec:
+        await rec.until(lambda s: True)
+        assert rec.snapshots[0].complete is False and rec.snapshots[0].pods == {}
+        await rec.until(lambda s: s.complete and bool(s.pods), timeout=3.0)
+        assert rec.names() == {"fresh-nlt-node"}
