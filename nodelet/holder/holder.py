@@ -23,6 +23,8 @@ from nodelet.holder.crilog import StreamLog
 
 DEFAULT_SHUTDOWN_GRACE = 2.0
 CLIENT_SEND_TIMEOUT = 2.0
+STRAGGLER_ROUNDS = 100
+"""Kill-and-reap rounds for processes still forking while the pod ends."""
 
 
 @dataclass
@@ -89,7 +91,25 @@ class Holder:
             for key, _ in self.sel.select(timeout):
                 key.data()
             self._run_timers()
+        self._kill_stragglers()
         os.unlink(os.path.join(self.pod_dir, protocol.SOCKET_NAME))
+
+    def _kill_stragglers(self) -> None:
+        """When the pod ends, nothing it started may outlive it: daemons that left their
+        container's process group were reparented here (we are the subreaper); kill them."""
+        me = str(os.getpid())
+        if os.readlink("/proc/self") != me:
+            return  # our own PID namespace: the kernel kills all of it when we, its PID 1, exit
+        for _ in range(STRAGGLER_ROUNDS):
+            children = [int(pid) for pid in _children_of(me)]
+            if not children:
+                return
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -290,6 +310,21 @@ class Holder:
         self.timers = [t for t in self.timers if t[0] > now]
         for _, action in due:
             action()
+
+
+def _children_of(pid: str) -> list[str]:
+    """Our children, from /proc (the pod may have no PID namespace of its own)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1].decode() == pid:
+                found.append(entry)
+    return found
 
 
 def _read_all(fd: int) -> bytes:

@@ -168,3 +168,13 @@ async def test_a_dead_zygote_is_replaced(box: Box) -> None:
     await asyncio.sleep(0.1)
     status = await box.sandbox("nlt-zygote")
     assert status.ready and box.runtime.zygote_pid not in (None, zygote)
+
+
+async def test_daemons_that_escaped_their_group_die_with_the_pod(box: Box) -> None:
+    await box.sandbox("nlt-daemon")
+    await box.run("nlt-daemon", "forker", "setsid sleep 300 & echo daemon=$!; exec sleep 300")
+    daemon = int((await box.output("nlt-daemon", "forker"))[0].split("=")[1])
+    assert not process_gone(daemon)
+    await box.runtime.kill_pod("nlt-daemon", 0.5)
+    box.uids.remove("nlt-daemon")
+    assert process_gone(daemon)
