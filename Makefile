@@ -20,8 +20,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the agent and its tests use: ip (netns, veth), ps/pgrep, nsenter/unshare/mount.
-APT_PACKAGES ?= iproute2 procps util-linux
+# Debian packages the agent and its tests use: ip, ps, mount tools, and Debian's own python3
+# (/usr/bin/python3), which the bundled pods and the test containers run on the host image.
+APT_PACKAGES ?= iproute2 procps util-linux python3
 
 POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
 NODELET_ARGS ?=
