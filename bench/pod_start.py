@@ -17,6 +17,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +70,35 @@ def report(label: str, seconds: list[float]) -> None:
           f"({len(ms)} runs)")  # fmt: skip
 
 
+def readopt(make: Callable[[], Agent], pods: int) -> float:
+    """SIGKILL the agent with ``pods`` running; seconds until a new one reports them Running."""
+    first = make()
+    first.start()
+    names = [f"adopt{n}" for n in range(pods)]
+    for name in names:
+        first.write_manifest(f"{name}.yaml", manifest(name))
+    for name in names:
+        wait_for(lambda n=name: first.running(n), 20, "pod running")  # type: ignore[misc]
+    first.signal(signal.SIGKILL)
+    second = make()
+    started = time.time()
+    second.start()
+    for name in names:
+        wait_for(lambda n=name: second.running(n), 20, "pod re-adopted")  # type: ignore[misc]
+    return time.time() - started
+
+
 def main() -> None:
     with agent_session(show_log=False) as make:
         agent = make()
         agent.start()
         results = [one_run(agent, f"bench{n}") for n in range(RUNS)]
+        agent.signal(signal.SIGTERM)
+        adopted = readopt(make, 10)
     report("file written -> 3 containers up (process)", [r[0] for r in results])
     report("file written -> 3 containers Running (/pods)", [r[1] for r in results])
     report("container SIGKILL -> restarted (first restart)", [r[2] for r in results])
+    print(f"agent SIGKILL, 10 pods -> new agent reports all Running: {adopted * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -87,9 +87,12 @@ async def test_shared_process_namespace_makes_the_holder_pid_1(box: Box) -> None
     status_text = Path(f"/proc/{status.holder_pid}/status").read_text()
     nspid = next(line for line in status_text.splitlines() if line.startswith("NSpid:")).split()[1:]
     assert nspid[-1] == "1" and len(nspid) == 2
-    await box.run("nlt-pidns", "a", "exec sleep 60")
-    await box.run("nlt-pidns", "b", "echo seen=$(ps -e -o comm= | grep -c sleep); exec sleep 60")
-    assert (await box.output("nlt-pidns", "b"))[0] == "seen=1"  # sees its sibling's process
+    await box.run("nlt-pidns", "a", "echo pid=$$; exec sleep 60")
+    inner = (await box.output("nlt-pidns", "a"))[0].split("=")[1]
+    assert inner == "2"  # the first process after the holder in a fresh PID namespace
+    # b can signal a by its pid inside the pod's namespace: they share it.
+    await box.run("nlt-pidns", "b", f"kill -0 {inner} && echo sees-a; exec sleep 60")
+    assert (await box.output("nlt-pidns", "b"))[0] == "sees-a"
 
 
 async def test_host_network_and_ipc_share_the_hosts(box: Box) -> None:
