@@ -37,7 +37,8 @@ class Agent:
         self.rejected: list[Rejection] = []
         self.workers: dict[str, PodWorker] = {}
         self._by_full_name: dict[str, PodWorker] = {}
-        self._known: list[KnownPod] | None = None
+        self._adopted: dict[str, StaticPod] = {}
+        """Pods found running at start-up, kept until the manifest dir was read completely."""
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
@@ -72,14 +73,15 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True)
         self.runtime.subscribe(self._on_runtime_change)
         await self.runtime.start()
-        self._known = await self.runtime.list_pods()
+        known = await self.runtime.list_pods()
         log.info(
             "node=%s ip=%s manifests=%s; %d pods found from before",
             self.config.node_name,
             self.config.node_ip,
             self.config.pod_manifest_path,
-            len(self._known),
+            len(known),
         )
+        self._adopt(known)
         if self.config.healthz_port:
             await self.server.start()
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
@@ -113,29 +115,10 @@ class Agent:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
-        self.rejected = snapshot.rejected
-        for op in podconfig.diff(self.desired, snapshot.pods):
-            if op.kind is OpKind.REMOVE:
-                worker = self.workers.get(op.uid)
-                if worker is not None:
-                    worker.kill()
-            elif op.kind is OpKind.ADD and op.pod is not None:
-                self._add(op.pod)
-            elif op.pod is not None:
-                self.workers[op.uid].update(op.pod)
-        self.desired = dict(snapshot.pods)
-        if self._known is not None and snapshot.complete:
-            # Only a complete set may condemn a pod from before the restart: a manifest still
-            # being written must not get its running pod killed.
-            self._clean_orphans(self._known)
-            self._known = None
-
-    def _clean_orphans(self, known: list[KnownPod]) -> None:
-        """Pods from before the restart whose manifest is gone: kill them once the set is known."""
+    def _adopt(self, known: list[KnownPod]) -> None:
+        """Take over the pods that outlived the previous agent, before any manifest is read:
+        their workers observe them at once, so no exit waits on manifest parsing."""
         for found in known:
-            if found.pod_uid in self.desired or found.pod_uid in self.workers:
-                continue
             try:
                 pod = pod_from_record(found.pod)
             except (KeyError, TypeError):
@@ -144,8 +127,33 @@ class Agent:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
                 continue
-            log.info("manifest gone while the agent was down %s", describe(pod))
-            self._add(pod).kill()
+            self._adopted[pod.uid] = pod
+            self.desired[pod.uid] = pod
+            self._add(pod)
+
+    def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
+        self.rejected = snapshot.rejected
+        wanted = dict(snapshot.pods)
+        if self._adopted and not snapshot.complete:
+            # A manifest still being written must not get its running pod killed: keep every
+            # adopted pod until the whole directory has been read.
+            for uid, pod in self._adopted.items():
+                wanted.setdefault(uid, pod)
+        elif self._adopted:
+            for uid, pod in self._adopted.items():
+                if uid not in wanted:
+                    log.info("manifest gone while the agent was down %s", describe(pod))
+            self._adopted = {}
+        for op in podconfig.diff(self.desired, wanted):
+            if op.kind is OpKind.REMOVE:
+                worker = self.workers.get(op.uid)
+                if worker is not None:
+                    worker.kill()
+            elif op.kind is OpKind.ADD and op.pod is not None:
+                self._add(op.pod)
+            elif op.pod is not None:
+                self.workers[op.uid].update(op.pod)
+        self.desired = wanted
 
     def _add(self, pod: StaticPod) -> PodWorker:
         predecessor = self._by_full_name.get(pod.full_name)
