@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from nodelet import podconfig
+from nodelet import podconfig, podschema
 from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig
 from nodelet.model import Rejection, StaticPod
@@ -82,6 +82,9 @@ class Agent:
             len(known),
         )
         self._adopt(known)
+        warm = asyncio.create_task(asyncio.to_thread(podschema.preload), name="schema-preload")
+        self._background.add(warm)
+        warm.add_done_callback(self._background.discard)
         if self.config.healthz_port:
             await self.server.start()
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")

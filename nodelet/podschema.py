@@ -35,8 +35,9 @@ def _fields(model: str) -> dict[str, str]:
     return {cls.attribute_map[attr]: kind for attr, kind in cls.openapi_types.items()}
 
 
-def known_fields(model: str) -> list[str]:
-    return sorted(_fields(model))
+def preload() -> None:
+    """Import the generated models ahead of the first manifest (they take ~0.3 s)."""
+    _fields("V1Pod")
 
 
 def _describe(value: Any) -> str:

@@ -37,7 +37,12 @@ def free_port() -> int:
         return port
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float = 15.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -45,7 +50,7 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
         last = probe()
         if last:
             return last
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
