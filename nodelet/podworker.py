@@ -34,7 +34,13 @@ from nodelet.containerprep import (
     pod_log_dir,
 )
 from nodelet.model import StaticPod
-from nodelet.runtime.api import ContainerStartError, Runtime, SandboxConfig, SandboxStatus
+from nodelet.runtime.api import (
+    START_ERROR,
+    ContainerStartError,
+    Runtime,
+    SandboxConfig,
+    SandboxStatus,
+)
 from nodelet.status import build_pod_status
 from nodelet.volumes import VolumeError, prepare_volumes, remove_pod_volumes
 
@@ -231,7 +237,14 @@ class PodWorker:
             self._record_failure(start.name, reason, str(err), now)
             return
         except ContainerStartError as err:
-            self._record_failure(start.name, err.reason, err.message, now)
+            if err.reason == START_ERROR:
+                # exec failed: the holder journaled it as a run (exit 128), which restart
+                # counts and back-off already see, exactly like kubelet's StartError.
+                self._failures.pop(start.name, None)
+                log.error("container failed to start %s container=%s: %s",
+                          describe(self.pod), start.name, err.message)  # fmt: skip
+            else:
+                self._record_failure(start.name, err.reason, err.message, now)
             return
         self._failures.pop(start.name, None)
         log.info(

@@ -41,13 +41,15 @@ def _terminated(pod_uid: str, record: ContainerRecord) -> Json:
         }
     state: Json = {
         "exitCode": record.exit_code,
-        "reason": "Completed" if record.exit_code == 0 else "Error",
+        "reason": record.reason or ("Completed" if record.exit_code == 0 else "Error"),
         "startedAt": rfc3339(record.started_at),
         "finishedAt": rfc3339(record.finished_at),
         "containerID": container_id(pod_uid, record),
     }
     if record.signal:
         state["signal"] = record.signal
+    if record.message:
+        state["message"] = record.message
     return state
 
 

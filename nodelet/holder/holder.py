@@ -23,6 +23,8 @@ from nodelet.holder.crilog import StreamLog
 
 DEFAULT_SHUTDOWN_GRACE = 2.0
 CLIENT_SEND_TIMEOUT = 2.0
+START_ERROR_EXIT_CODE = 128
+"""What containerd reports for a container whose exec failed."""
 STRAGGLER_ROUNDS = 100
 """Kill-and-reap rounds for processes still forking while the pod ends."""
 
@@ -250,6 +252,8 @@ class Holder:
             for fd in (out_r, err_r, log_fd):
                 os.close(fd)
             details = json.loads(failure)
+            if details["reason"] == spawn.START_ERROR:
+                self._record_failed_start(spec, pid, details["message"])
             return {"ok": False, "reason": details["reason"], "message": details["message"]}
         container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
@@ -263,6 +267,16 @@ class Holder:
             "started_at": container.started_at,
         })  # fmt: skip
         return {"ok": True, "pid": pid, "started_at": container.started_at}
+
+    def _record_failed_start(self, spec: dict[str, Any], pid: int, message: str) -> None:
+        """exec failed: journal a run that ended at once with 128, as kubelet shows StartError."""
+        now = time.time()
+        run = {"name": spec["name"], "attempt": int(spec["attempt"]), "pid": pid, "started_at": now}
+        self._record({"type": "start", **run})
+        self._record({
+            "type": "exit", **run, "finished_at": now, "exit_code": START_ERROR_EXIT_CODE,
+            "signal": None, "reason": spawn.START_ERROR, "message": message,
+        })  # fmt: skip
 
     def _reader(self, container: Container, fd: int) -> Callable[[], None]:
         def readable() -> None:

@@ -1,7 +1,8 @@
 """What runs in a container's process between fork and exec: apply the prepared spec, exec.
 
 Every failure is written as JSON to the status pipe (close-on-exec: EOF means exec succeeded)
-and the child exits 127, so the holder can tell the agent exactly why a start failed.
+and the child exits 127, so the holder can tell the agent exactly why a start failed, and
+whether it got as far as exec.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import signal
 from typing import Any, NoReturn
 
 from nodelet.holder import linux
+
+START_ERROR = "StartError"
+"""exec itself failed: a real (failed) run of the container, counted like kubelet counts it."""
+SETUP_ERROR = "CreateContainerError"
+"""The spec could not be applied before exec: the container never existed."""
 
 
 class SetupError(Exception):
@@ -94,13 +100,13 @@ def run(spec: dict[str, Any], stdout_w: int, stderr_w: int, status_w: int) -> No
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
-            raise SetupError(_exec_error(argv[0], err)) from err
+            _fail(status_w, START_ERROR, _exec_error(argv[0], err))
     except SetupError as err:
-        _fail(status_w, "RunContainerError", str(err))
+        _fail(status_w, SETUP_ERROR, str(err))
     except OSError as err:
-        _fail(status_w, "RunContainerError", f"{err.strerror or err}: {err.filename or ''}")
+        _fail(status_w, SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
     except BaseException as err:
-        _fail(status_w, "RunContainerError", repr(err))
+        _fail(status_w, SETUP_ERROR, repr(err))
 
 
 def _fail(status_w: int, reason: str, message: str) -> NoReturn:

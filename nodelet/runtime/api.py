@@ -68,6 +68,9 @@ class ContainerRecord:
     exit_code: int | None = None
     """128 + signal when killed by a signal, as container runtimes report it."""
     signal: int | None = None
+    reason: str | None = None
+    """Set when the runtime knows better than the exit code: ``StartError`` (exec failed)."""
+    message: str | None = None
 
     @property
     def running(self) -> bool:
@@ -102,6 +105,11 @@ class KnownPod:
     pod_uid: str
     pod: dict[str, Any]
     """The record the agent stored with ``run_sandbox`` (the StaticPod manifest and its path)."""
+
+
+START_ERROR = "StartError"
+"""``ContainerStartError.reason`` when exec itself failed; the runtime then records the attempt
+as a run that exited 128 (kubelet's StartError), so restart counts and back-off include it."""
 
 
 class ContainerStartError(Exception):

@@ -72,6 +72,7 @@ def _apply(records: list[ContainerRecord], entry: dict[str, Any]) -> None:
         finished = ContainerRecord(
             entry["name"], entry["attempt"], entry["pid"], entry["started_at"],
             entry["finished_at"], entry["exit_code"], entry.get("signal"),
+            entry.get("reason"), entry.get("message"),
         )  # fmt: skip
         if index is None:
             records.append(finished)

@@ -143,6 +143,25 @@ def test_crash_loop_backs_off_doubling(agent: Agent) -> None:
     assert cs["lastState"]["terminated"]["exitCode"] == 3
 
 
+def test_missing_binary_is_a_start_error_that_backs_off(agent: Agent) -> None:
+    missing = {"name": "app", "image": "host", "command": ["nlt-no-such-binary"]}
+    agent.write_manifest("typo.yaml", manifest("typo", [missing]))
+
+    def looping() -> dict[str, Any] | None:
+        cs = agent.container_status("typo", "app")
+        waiting = (cs or {}).get("state", {}).get("waiting", {})
+        return (
+            cs
+            if cs and cs["restartCount"] >= 2 and waiting.get("reason") == "CrashLoopBackOff"
+            else None
+        )
+
+    status = wait_for(looping, 15, "restarts counted, then CrashLoopBackOff")
+    last = status["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (128, "StartError")
+    assert 'exec: "nlt-no-such-binary": executable file not found in $PATH' in last["message"]
+
+
 def test_agent_sigkill_loses_no_exit(agents: Callable[[], Agent], tmp_path: Path) -> None:
     trigger = tmp_path / "quit-now"
     quitter = REPORT + (

@@ -122,14 +122,28 @@ async def test_grace_period_ends_with_sigkill_of_the_whole_group(box: Box) -> No
     assert last is not None and last.exit_code == 137 and last.signal == 9
 
 
-async def test_exec_failure_is_reported_not_journaled_as_a_run(box: Box) -> None:
+async def test_exec_failure_is_a_run_that_ended_with_start_error(box: Box) -> None:
     await box.sandbox("nlt-exec")
     config = ContainerConfig("x", 0, ["nlt-no-such-binary"], dict(PATH), str(box.base / "x.log"))
     with pytest.raises(ContainerStartError) as failure:
         await box.runtime.start_container("nlt-exec", config)
-    assert failure.value.reason == "RunContainerError"
-    assert 'exec: "nlt-no-such-binary": executable file not found in $PATH' in failure.value.message
+    assert failure.value.reason == "StartError"
+    message = 'exec: "nlt-no-such-binary": executable file not found in $PATH'
+    assert message in failure.value.message
     status = await box.runtime.pod_status("nlt-exec")
+    assert status is not None
+    [run] = status.containers
+    assert (run.exit_code, run.reason, run.message) == (128, "StartError", message)
+
+
+async def test_setup_failure_is_not_a_run(box: Box) -> None:
+    await box.sandbox("nlt-setup")
+    with pytest.raises(ContainerStartError) as failure:
+        await box.run("nlt-setup", "bad", "true", working_dir="/nlt-nowhere/work")
+    assert failure.value.reason == "CreateContainerError"
+    assert "outside every volume" in failure.value.message
+    assert not Path("/nlt-nowhere").exists()
+    status = await box.runtime.pod_status("nlt-setup")
     assert status is not None and status.containers == ()
 
 
