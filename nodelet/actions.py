@@ -193,12 +193,18 @@ def _duration(seconds: float) -> str:
 def _terminal_phase(
     spec: Mapping[str, Any], runs: tuple[ContainerRecord, ...] | list[ContainerRecord], policy: str
 ) -> str | None:
-    """Succeeded/Failed when every app container has finished and none will restart."""
+    """Succeeded/Failed when every app container has finished and none will restart, or an init
+    container failed under restartPolicy Never."""
     if policy == "Always":
         return None
     latest: dict[str, ContainerRecord] = {}
     for run in runs:
         latest[run.name] = run
+    if policy == "Never":
+        for container in spec.get("initContainers") or []:
+            last = latest.get(container["name"])
+            if last is not None and not last.running and last.exit_code != 0:
+                return "Failed"
     exits: list[int] = []
     for container in spec["containers"]:
         last = latest.get(container["name"])

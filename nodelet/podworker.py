@@ -178,6 +178,11 @@ class PodWorker:
             actions = self._actions(sandbox)
             if actions.start:
                 self.poke()  # something already finished (a quick init container): go on now
+        if actions.terminal_phase and sandbox is not None and sandbox.ready:
+            # Nothing will run again: free the namespaces, as kubelet removes the sandbox.
+            log.info("pod %s: ending its holder %s", actions.terminal_phase, describe(self.pod))
+            await runtime.stop_sandbox(self.uid, 0.0)
+            sandbox = await runtime.pod_status(self.uid)
         self._report(sandbox, actions)
         return actions.wake_at
 

@@ -149,5 +149,9 @@ class Runtime(Protocol):
     async def stop_container(self, pod_uid: str, name: str, grace_seconds: float) -> None:
         """SIGTERM, SIGKILL after the grace period; returns when the process has exited."""
 
+    async def stop_sandbox(self, pod_uid: str, grace_seconds: float) -> None:
+        """End the holder of a finished pod but keep its records, so its final status outlives
+        the holder and an agent restart. Idempotent."""
+
     async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
         """Stop every container, end the holder, remove the run dir. Idempotent."""

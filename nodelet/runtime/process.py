@@ -371,11 +371,13 @@ class ProcessRuntime:
         await client.request(protocol.OP_STOP, name=name, grace_seconds=grace_seconds)
         await asyncio.wait_for(waiter, grace_seconds + EXTRA_KILL_WAIT)
 
-    async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
+    async def stop_sandbox(self, pod_uid: str, grace_seconds: float) -> None:
         pod = self._pods.get(pod_uid)
-        if pod is None:
-            shutil.rmtree(self.pods_dir / pod_uid, ignore_errors=True)
-            return
+        if pod is not None:
+            await self._end_holder(pod, grace_seconds)
+
+    async def _end_holder(self, pod: _Pod, grace_seconds: float) -> None:
+        """Ask the holder to stop its containers and exit; SIGKILL it if it does not."""
         if pod.alive:
             with contextlib.suppress(HolderGoneError, OSError):
                 client = await self._client(pod)
@@ -384,13 +386,20 @@ class ProcessRuntime:
                 await asyncio.wait_for(pod.died.wait(), grace_seconds + EXTRA_KILL_WAIT)
             except TimeoutError:
                 if pod.holder_pid is not None:
-                    log.warning("holder of pod uid=%s ignored shutdown; killing it", pod_uid)
+                    log.warning("holder of pod uid=%s ignored shutdown; killing it", pod.uid)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pod.holder_pid, signal.SIGKILL)
                     await asyncio.wait_for(pod.died.wait(), EXTRA_KILL_WAIT)
         if pod.client is not None:
             client, pod.client = pod.client, None
             await client.close()
+
+    async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        pod = self._pods.get(pod_uid)
+        if pod is None:
+            shutil.rmtree(self.pods_dir / pod_uid, ignore_errors=True)
+            return
+        await self._end_holder(pod, grace_seconds)
         del self._pods[pod_uid]
         await asyncio.to_thread(shutil.rmtree, pod.directory, True)
 

@@ -162,6 +162,29 @@ def test_missing_binary_is_a_start_error_that_backs_off(agent: Agent) -> None:
     assert 'exec: "nlt-no-such-binary": executable file not found in $PATH' in last["message"]
 
 
+def test_finished_pod_frees_its_holder_and_stays_finished(agents: Callable[[], Agent]) -> None:
+    first = agents()
+    first.start()
+    once = REPORT + "raise SystemExit(0)\n"
+    first.write_manifest("once.yaml", manifest("once", [py("app", once)], restartPolicy="Never"))
+
+    def succeeded() -> dict[str, Any] | None:
+        item = first.pod("once")
+        return item if item and item["status"]["phase"] == "Succeeded" else None
+
+    pod = wait_for(succeeded, 15, "Succeeded")
+    net = first.log_value(pod, "app", "net")
+    wait_for(lambda: not _processes_in_netns(net), 10, "the holder gone with its netns")
+    first.signal(signal.SIGKILL)
+    second = agents()
+    second.start()
+    again = wait_for(lambda: second.pod("once"), 10, "pod listed again")
+    assert again["status"]["phase"] == "Succeeded"
+    assert again["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    time.sleep(1.0)
+    assert not second.log_dir(pod, "app").joinpath("1.log").exists()  # never run again
+
+
 def test_agent_sigkill_loses_no_exit(agents: Callable[[], Agent], tmp_path: Path) -> None:
     trigger = tmp_path / "quit-now"
     quitter = REPORT + (
@@ -254,11 +277,13 @@ def test_delete_removes_every_trace(agent: Agent) -> None:
     assert all(process_gone(p) for p in [*pids, holder])
     assert not volume_dir.exists()
     assert agent.log_dir(pod, "a").joinpath("0.log").exists()  # logs stay
-    holders_of_ns = [
-        p.pid for p in psutil.process_iter()
-        if not process_gone(p.pid) and _ns_of(p.pid) == net_ns
-    ]  # fmt: skip
-    assert holders_of_ns == []  # nothing keeps the pod's network namespace alive
+    assert _processes_in_netns(net_ns) == []  # nothing keeps the pod's netns alive
+
+
+def _processes_in_netns(net_ns: str) -> list[int]:
+    return [
+        p.pid for p in psutil.process_iter() if not process_gone(p.pid) and _ns_of(p.pid) == net_ns
+    ]
 
 
 def _ns_of(pid: int) -> str | None:

@@ -126,3 +126,9 @@ def test_finished_pod_is_not_brought_back_when_its_holder_is_gone() -> None:
     gone = sandbox(run("init0", code=0), run("app", code=0), run("side", code=0), ready=False)
     actions = act(spec("Never"), gone)
     assert not actions.create_sandbox and actions.terminal_phase == "Succeeded"
+
+
+def test_failed_init_pod_stays_failed_without_its_holder() -> None:
+    gone = sandbox(run("init0", code=1), ready=False)
+    actions = act(spec("Never"), gone)
+    assert not actions.create_sandbox and actions.terminal_phase == "Failed"
