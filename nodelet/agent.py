@@ -16,7 +16,7 @@ from typing import Any
 
 from nodelet import podconfig, podschema
 from nodelet.backoff import Backoff
-from nodelet.config import AgentConfig
+from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.model import Rejection, StaticPod
 from nodelet.podconfig import OpKind
 from nodelet.podworker import PodWorker, WorkerContext, describe, pod_from_record
@@ -69,8 +69,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        for directory in (self.config.run_dir, self.config.root_dir, self.config.pod_logs_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in self.config.private_dirs:
+            ensure_private_dir(directory)
         self.runtime.subscribe(self._on_runtime_change)
         await self.runtime.start()
         known = await self.runtime.list_pods()

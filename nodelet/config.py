@@ -1,11 +1,24 @@
-"""Agent settings: one frozen dataclass, filled from flags by the CLI."""
+"""Agent settings: one frozen dataclass, filled from flags by the CLI; the agent's own dirs."""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from nodelet.backoff import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS
+
+log = logging.getLogger(__name__)
+
+PRIVATE_DIR_MODE = 0o700
+"""Mode of the run dir, the root dir and the log dir: what they hold is root's alone (see
+README "Security model"). Nothing that is not root needs to traverse them: holders, the zygote
+and ``nodelet logs`` run as root, and a container user reaches its volumes through bind mounts,
+which do not depend on the modes of the source's parent dirs."""
+
+SOCKET_NAME = "nodelet.sock"
 
 
 @dataclass(frozen=True)
@@ -21,7 +34,8 @@ class AgentConfig:
     """Runtime state that must survive agent restarts but not reboots: holders, journals."""
     pod_logs_dir: Path = Path("/var/log/pods")
     healthz_port: int = 10248
-    """Local API port on 127.0.0.1 (``/healthz``, ``/pods``); 0 disables it."""
+    """Local API port on 127.0.0.1 (``/healthz``, redacted ``/pods``); 0 disables it. The full
+    API is on the root-only unix socket ``socket_path``, which is always served."""
     file_check_frequency: float = 20.0
     """Relist period of the manifest dir; inotify catches changes sooner."""
     settle_seconds: float = 2.0
@@ -34,3 +48,54 @@ class AgentConfig:
     @property
     def pods_state_dir(self) -> Path:
         return self.root_dir / "pods"
+
+    @property
+    def socket_path(self) -> Path:
+        """The root-only local API: the full ``/pods`` (env values included) and ``/rejected``."""
+        return self.run_dir / SOCKET_NAME
+
+    @property
+    def private_dirs(self) -> tuple[Path, ...]:
+        """The agent's top-level dirs, each created or tightened to ``PRIVATE_DIR_MODE``."""
+        return (self.run_dir, self.root_dir, self.pod_logs_dir)
+
+
+class UnsafeDirError(Exception):
+    """A configured dir that others can write to or that belongs to another user."""
+
+
+def ensure_private_dir(path: Path, mode: int = PRIVATE_DIR_MODE) -> None:
+    """Create ``path`` (and missing parents, with the default mode) with ``mode``, or tighten an
+    existing one to it: an older nodelet created these dirs 0755.
+
+    An existing dir owned by another user, or writable by group or others (``/tmp``, say), is
+    refused instead: it is not the agent's own dir, tightening it would break its other users,
+    and anyone who can write to it can swap what the agent puts there.
+    """
+    created = False
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=mode)  # the umask may clear bits; the chmod below sets them exactly
+            created = True
+        except FileExistsError:
+            pass  # a racing creator, or not a dir: the checks below judge it
+    info = path.stat()  # follows a symlink: a link to a dir of its own is fine
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeDirError(f"{path} belongs to uid {info.st_uid}, not to the agent; refusing it")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeDirError(
+            f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            "give the agent a directory of its own"
+        )
+    if stat.S_IMODE(info.st_mode) != mode:
+        if not created:
+            log.warning(
+                "tightening the mode of %s from %04o to %04o",
+                path,
+                stat.S_IMODE(info.st_mode),
+                mode,
+            )
+        path.chmod(mode)
