@@ -21,7 +21,12 @@ from nodelet.model import Rejection, StaticPod
 from nodelet.podconfig import OpKind
 from nodelet.podworker import PodWorker, WorkerContext, describe, pod_from_record
 from nodelet.runtime.api import KnownPod, Runtime
-from nodelet.server import LocalServer
+from nodelet.server import (
+    LocalServer,
+    redact_pod_list,
+    redacted_rejection_list,
+    rejection_list,
+)
 from nodelet.source import ManifestSource, SourceSnapshot
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,13 @@ class Agent:
         self.server = LocalServer(
             "127.0.0.1",
             config.healthz_port,
-            {"/healthz": self._healthz, "/pods": self._pods, "/rejected": self._rejected},
+            public={
+                "/healthz": self._healthz,
+                "/pods": self._public_pods,
+                "/rejected": self._public_rejected,
+            },
+            private={"/healthz": self._healthz, "/pods": self._pods, "/rejected": self._rejected},
+            socket_path=config.socket_path,
         )
 
     def request_stop(self) -> None:
@@ -85,8 +96,7 @@ class Agent:
         warm = asyncio.create_task(asyncio.to_thread(podschema.preload), name="schema-preload")
         self._background.add(warm)
         warm.add_done_callback(self._background.discard)
-        if self.config.healthz_port:
-            await self.server.start()
+        await self.server.start()  # the TCP port only when healthz_port is set
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         try:
@@ -211,10 +221,11 @@ class Agent:
     def _pods(self) -> tuple[int, Any]:
         return 200, self.pod_list()
 
+    def _public_pods(self) -> tuple[int, Any]:
+        return 200, redact_pod_list(self.pod_list())
+
     def _rejected(self) -> tuple[int, Any]:
-        return 200, {
-            "items": [
-                {"path": r.path, "podName": r.pod_name, "errors": [str(e) for e in r.errors]}
-                for r in self.rejected
-            ]
-        }
+        return 200, rejection_list(self.rejected)
+
+    def _public_rejected(self) -> tuple[int, Any]:
+        return 200, redacted_rejection_list(self.rejected)

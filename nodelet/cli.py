@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
+import http.client
 import json
 import logging
 import re
+import socket
 import sys
 import time
 import urllib.error
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nodelet import __version__
+from nodelet.config import SOCKET_NAME, AgentConfig
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -34,7 +37,7 @@ def _add_run(sub: Any) -> None:
     run.add_argument(
         "--pod-manifest-path",
         type=Path,
-        default=Path("/etc/kubernetes/manifests"),
+        default=AgentConfig.pod_manifest_path,
         help="directory of static pod manifests (default: %(default)s)",
     )
     run.add_argument("--hostname-override", help="node name instead of the host name")
@@ -42,26 +45,26 @@ def _add_run(sub: Any) -> None:
     run.add_argument(
         "--root-dir",
         type=Path,
-        default=Path("/var/lib/nodelet"),
+        default=AgentConfig.root_dir,
         help="persistent state: pod volumes (default: %(default)s)",
     )
     run.add_argument(
         "--run-dir",
         type=Path,
-        default=Path("/run/nodelet"),
+        default=AgentConfig.run_dir,
         help="runtime state: holders, sockets, exit journals (default: %(default)s)",
     )
     run.add_argument(
         "--pod-logs-dir",
         type=Path,
-        default=Path("/var/log/pods"),
+        default=AgentConfig.pod_logs_dir,
         help="container logs in CRI format (default: %(default)s)",
     )
     run.add_argument(
         "--healthz-port",
         type=int,
-        default=10248,
-        help="local API port on 127.0.0.1, 0 to disable (default: %(default)s)",
+        default=AgentConfig.healthz_port,
+        help="redacted local API port on 127.0.0.1, 0 to disable (default: %(default)s)",
     )
     run.add_argument(
         "--file-check-frequency",
@@ -86,10 +89,18 @@ def _add_run(sub: Any) -> None:
 
 def _add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=AgentConfig.run_dir,
+        help=f"the agent's run dir, where its root-only socket {SOCKET_NAME} is "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--healthz-port",
         type=int,
-        default=10248,
-        help="the agent's local API port (default: %(default)s)",
+        default=AgentConfig.healthz_port,
+        help="the agent's redacted local API port, used when the socket is not (default: "
+        "%(default)s)",
     )
 
 
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from nodelet import nodeinfo
     from nodelet.agent import Agent
-    from nodelet.config import AgentConfig
+    from nodelet.config import UnsafeDirError
     from nodelet.runtime.process import ProcessRuntime
 
     logging.basicConfig(
@@ -148,7 +159,11 @@ def _run(args: argparse.Namespace) -> int:
         backoff_initial=args.crashloop_backoff_initial,
         backoff_max=args.crashloop_backoff_max,
     )
-    asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
+    try:
+        asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
+    except UnsafeDirError as err:
+        print(f"nodelet run: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -171,8 +186,71 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def fetch(port: int, path: str) -> Any:
+    """GET from the TCP port: open to any local user, so redacted."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
         return json.load(response)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self._socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def fetch_unix(socket_path: Path, path: str, timeout: float = 5.0) -> Any:
+    """GET from the agent's root-only unix socket: the full view, env values included."""
+    connection = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status == 403:
+        raise PermissionError(f"{socket_path}: the agent refused this user")
+    if response.status != 200:
+        raise OSError(f"{socket_path}{path}: HTTP {response.status}")
+    return json.loads(body)
+
+
+class LocalAPIClient:
+    """The agent's local API as this user may see it: the unix socket (root: the full view),
+    else the TCP port (anyone: env values, annotations and rejection reasons redacted)."""
+
+    def __init__(self, run_dir: Path, port: int) -> None:
+        self.socket_path = run_dir / SOCKET_NAME
+        self.port = port
+        self.redacted: bool | None = None
+        """None until the first answer; then whether it came from the redacted TCP port."""
+        self.socket_error: str | None = None
+
+    def get(self, path: str) -> Any:
+        if not self.redacted:
+            try:
+                result = fetch_unix(self.socket_path, path)
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                if self.redacted is False:  # the socket answered before: don't mix views
+                    raise
+                self.socket_error = getattr(err, "strerror", None) or str(err)
+            else:
+                self.redacted = False
+                return result
+        result = fetch(self.port, path)
+        self.redacted = True
+        return result
+
+    def where(self) -> str:
+        return f"{self.socket_path} or 127.0.0.1:{self.port}"
 
 
 def pod_display_status(pod: dict[str, Any]) -> tuple[str, int, int]:
@@ -226,15 +304,20 @@ def _age(pod: dict[str, Any]) -> str:
 
 
 def _pods(args: argparse.Namespace) -> int:
+    client = LocalAPIClient(args.run_dir, args.healthz_port)
     try:
-        pods = fetch(args.healthz_port, "/pods")
-        rejected = fetch(args.healthz_port, "/rejected")
-    except (OSError, urllib.error.URLError) as err:
+        pods = client.get("/pods")
+        rejected = client.get("/rejected")
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
+        print(f"nodelet pods: cannot reach the agent on {client.where()}: {err}", file=sys.stderr)
+        return 1
+    if client.redacted:
         print(
-            f"nodelet pods: cannot reach the agent on 127.0.0.1:{args.healthz_port}: {err}",
+            f"nodelet pods: {client.socket_path}: {client.socket_error}; showing the redacted "
+            f"view of 127.0.0.1:{args.healthz_port} (env values, annotations and rejection "
+            "reasons hidden; run as root for the full view)",
             file=sys.stderr,
         )
-        return 1
     if args.output == "json":
         print(json.dumps({"pods": pods, "rejected": rejected["items"]}, indent=2))
         return 0
@@ -273,9 +356,10 @@ def _logs(args: argparse.Namespace) -> int:
     from nodelet.logscmd import run_logs
 
     if getattr(args, "uid", None) is None:
+        client = LocalAPIClient(args.run_dir, args.healthz_port)
         try:
-            pods = fetch(args.healthz_port, "/pods")
-        except (OSError, urllib.error.URLError):
+            pods = client.get("/pods")  # names and UIDs only: the redacted view is enough
+        except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError):
             pods = {"items": []}
         namespace, _, name = args.pod.rpartition("/")
         for pod in pods["items"]:

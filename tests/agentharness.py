@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 
 import psutil
 
+from nodelet.cli import fetch_unix
+from nodelet.config import SOCKET_NAME
+
 NODE = "nlt-node"
 T = TypeVar("T")
 CRI_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) (F|P) (.*)$")
@@ -109,6 +112,11 @@ class Agent:
         self.proc.wait(timeout=20)
 
     def get(self, path: str) -> Any:
+        """The full local API, as root sees it: the agent's root-only unix socket."""
+        return fetch_unix(self.run_dir / SOCKET_NAME, path)
+
+    def get_tcp(self, path: str) -> Any:
+        """The TCP port any local user reads: env values and rejection reasons redacted."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
             return json.load(r)
 
