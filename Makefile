@@ -5,11 +5,13 @@
 #   make test    every test tier (unit, system, e2e); most need root
 #   make lint    ruff check, ruff format --check, mypy
 #   make bench   run every bench/*.py
+#   make mutation  mutation check of the pure modules against the unit tests, prints the score
 #   make clean   remove .venv and caches
 #
 # Variables: PYTHON (interpreter that creates .venv), NODELET_ARGS (extra `nodelet run` flags,
 # e.g. NODELET_ARGS='--root-dir /tmp/nl/lib --run-dir /tmp/nl/run --pod-logs-dir /tmp/nl/logs'),
-# POD_MANIFEST_PATH (default ./static-pods), PYTEST_ARGS (e.g. PYTEST_ARGS='-m unit -x').
+# POD_MANIFEST_PATH (default ./static-pods), PYTEST_ARGS (e.g. PYTEST_ARGS='-m unit -x'),
+# MUTATION_MIN (the score `make mutation` must reach, in %).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -27,11 +29,12 @@ APT_PACKAGES ?= iproute2 procps util-linux python3
 POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
 NODELET_ARGS ?=
 PYTEST_ARGS ?=
+MUTATION_MIN ?= 90
 
 export DEBIAN_FRONTEND := noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps system-deps run test lint bench clean
+.PHONY: help deps system-deps run test lint bench mutation clean
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -90,6 +93,17 @@ bench: deps
 		$(BIN)/python "$$script"; \
 	done
 
+# mutmut over the modules [tool.mutmut] in pyproject.toml lists, running only the unit tests (no
+# root needed). Starts from scratch every time, so the score is never a stale cache's; its
+# progress goes to mutants/run.log. Survivors: .venv/bin/mutmut results, mutmut show NAME.
+mutation: deps
+	rm -rf mutants
+	mkdir -p mutants
+	@echo "make mutation: running mutmut (a few minutes; progress in mutants/run.log)"
+	$(BIN)/mutmut run > mutants/run.log 2>&1 || { tail -n 40 mutants/run.log; exit 1; }
+	$(BIN)/mutmut export-cicd-stats > /dev/null
+	$(BIN)/python tests/mutationscore.py $(MUTATION_MIN)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info mutants
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
