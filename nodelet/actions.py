@@ -48,6 +48,8 @@ class PodActions:
     """Epoch time when a back-off window closes and the pod must be synced again."""
     terminal_phase: str | None = None
     """``Succeeded`` or ``Failed`` once nothing will ever run again."""
+    sandbox_waiting: Waiting | None = None
+    """Why the pod's holder is not re-created yet (its last one died inside a back-off window)."""
 
     def wake_no_later_than(self, at: float) -> None:
         self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
@@ -55,6 +57,16 @@ class PodActions:
 
 def backoff_key(pod_uid: str, container: str) -> str:
     return f"{pod_uid}/{container}"
+
+
+def sandbox_backoff_key(pod_uid: str) -> str:
+    """The holder's own back-off window ("~" is in no container name, so no clash)."""
+    return f"{pod_uid}/~sandbox"
+
+
+def next_attempt(runs: list[ContainerRecord]) -> int:
+    """One past the highest attempt journaled: a lost record never makes a number reused."""
+    return max((r.attempt for r in runs), default=-1) + 1
 
 
 def should_restart(restart_policy: str, exit_code: int | None) -> bool:
@@ -92,6 +104,19 @@ def compute_pod_actions(
             phase = _terminal_phase(spec, sandbox.containers, spec.get("restartPolicy", "Always"))
             if phase is not None:
                 return PodActions(terminal_phase=phase)
+        if sandbox is not None and sandbox.finished_at is not None:
+            # A holder that keeps dying (a full disk, say) is re-created with the same
+            # back-off as a crashing container, not in a tight loop.
+            key = sandbox_backoff_key(pod_uid)
+            remaining = backoff.remaining(key, sandbox.finished_at, now)
+            if remaining > 0:
+                message = (
+                    f"back-off {_duration(backoff.get(key))} re-creating the sandbox of "
+                    f"pod={pod_name}"
+                )
+                actions = PodActions(sandbox_waiting=Waiting("SandboxBackOff", message))
+                actions.wake_no_later_than(now + remaining)
+                return actions
         return PodActions(create_sandbox=True)
     inputs = _Inputs(
         pod_uid, pod_name, spec.get("restartPolicy", "Always"), sandbox, failures, backoff, now
@@ -177,7 +202,7 @@ def _start_or_back_off(
             actions.waiting[name] = Waiting(reason, message)
             actions.wake_no_later_than(inputs.now + remaining)
             return
-    attempt = len(inputs.sandbox.attempts(name))
+    attempt = next_attempt(inputs.sandbox.attempts(name))
     actions.start.append(StartAction(name=name, init=init, attempt=attempt))
 
 

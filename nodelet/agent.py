@@ -14,12 +14,19 @@ import signal
 import time
 from typing import Any
 
-from nodelet import podconfig, podschema
+from nodelet import loggc, podconfig, podschema
 from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.model import Rejection, StaticPod
 from nodelet.podconfig import OpKind
-from nodelet.podworker import PodWorker, WorkerContext, describe, pod_from_record
+from nodelet.podworker import (
+    DEFAULT_GRACE_SECONDS,
+    PodWorker,
+    RecordError,
+    WorkerContext,
+    describe,
+    pod_from_record,
+)
 from nodelet.runtime.api import KnownPod, Runtime
 from nodelet.server import (
     LocalServer,
@@ -44,6 +51,8 @@ class Agent:
         self._by_full_name: dict[str, PodWorker] = {}
         self._adopted: dict[str, StaticPod] = {}
         """Pods found running at start-up, kept until the manifest dir was read completely."""
+        self._sources_ready = False
+        """The manifest dir has been read completely once (kubelet's allSourcesReady)."""
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
@@ -99,16 +108,31 @@ class Agent:
         await self.server.start()  # the TCP port only when healthz_port is set
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
+        gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
         try:
             await self._stop.wait()
         finally:
             log.info("stopping; pods keep running")
-            source_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await source_task
+            for task in (source_task, gc_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._stop_workers()
             await self.server.close()
             await self.runtime.close()
+
+    async def _log_gc(self) -> None:
+        """Remove the logs of removed pods, once the manifest dir was read completely (as
+        kubelet's GC waits for all sources), never those of a pod that still exists."""
+        while True:
+            await asyncio.sleep(loggc.GC_PERIOD_SECONDS)
+            if not self._sources_ready:
+                continue
+            live = set(self.desired) | set(self.workers)
+            try:
+                await asyncio.to_thread(loggc.sweep, self.config.pod_logs_dir, live)
+            except Exception:
+                log.exception("log garbage collection failed")
 
     def _on_source_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -133,12 +157,24 @@ class Agent:
         their workers observe them at once, so no exit waits on manifest parsing."""
         for found in known:
             try:
-                pod = pod_from_record(found.pod)
-            except (KeyError, TypeError):
-                log.error("run dir of pod %s has no usable record; removing it", found.pod_uid)
-                task = asyncio.create_task(self.runtime.kill_pod(found.pod_uid, 0.0))
+                pod = pod_from_record(found.pod, found.pod_uid)
+            except RecordError as err:
+                # Stop it gracefully from what the holder knows: nothing can run it again.
+                grace = (
+                    DEFAULT_GRACE_SECONDS if found.grace_seconds is None else found.grace_seconds
+                )
+                log.error(
+                    "run dir of pod uid=%s has no usable record (%s); stopping it, grace=%ss",
+                    found.pod_uid, err, grace,
+                )  # fmt: skip
+                task = asyncio.create_task(self.runtime.kill_pod(found.pod_uid, grace))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+                continue
+            if found.terminating:
+                # A previous agent had begun removing it: finish that, never run it again.
+                log.info("finishing the removal begun before the restart %s", describe(pod))
+                self._add(pod).kill()
                 continue
             self._adopted[pod.uid] = pod
             self.desired[pod.uid] = pod
@@ -146,6 +182,7 @@ class Agent:
 
     def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
         self.rejected = snapshot.rejected
+        self._sources_ready = self._sources_ready or snapshot.complete
         wanted = dict(snapshot.pods)
         if self._adopted and not snapshot.complete:
             # A manifest still being written must not get its running pod killed: keep every

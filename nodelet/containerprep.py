@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodelet import safepath
 from nodelet.expansion import expand
 from nodelet.model import StaticPod
 from nodelet.runtime.api import ContainerConfig, Mount
@@ -50,11 +51,11 @@ def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
 
 def pod_log_dir(pod_logs_dir: Path, pod: StaticPod) -> Path:
     """``/var/log/pods/<namespace>_<name>_<uid>``, kubelet's layout."""
-    return pod_logs_dir / f"{pod.namespace}_{pod.name}_{pod.uid}"
+    return safepath.child(pod_logs_dir, f"{pod.namespace}_{pod.name}_{pod.uid}")
 
 
 def container_log_path(pod_logs_dir: Path, pod: StaticPod, name: str, attempt: int) -> Path:
-    return pod_log_dir(pod_logs_dir, pod) / name / f"{attempt}.log"
+    return safepath.child(pod_log_dir(pod_logs_dir, pod), name) / f"{attempt}.log"
 
 
 def _field_ref(ctx: PodContext, path: str) -> str:

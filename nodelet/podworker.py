@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodelet import loggc, podschema, safepath
 from nodelet.actions import (
     PodActions,
     StartAction,
     StartFailure,
     backoff_key,
     compute_pod_actions,
+    sandbox_backoff_key,
 )
 from nodelet.aio import wait_event
 from nodelet.backoff import Backoff
@@ -73,13 +75,39 @@ def pod_record(pod: StaticPod) -> dict[str, Any]:
     }
 
 
-def pod_from_record(record: dict[str, Any]) -> StaticPod:
+class RecordError(ValueError):
+    """A stored pod record that cannot be trusted to drive a worker."""
+
+
+def pod_from_record(record: dict[str, Any], uid: str) -> StaticPod:
+    """The pod a run dir's ``pod.json`` describes, checked as strictly as a manifest's shape:
+    a damaged or foreign record must never reach a worker (it would crash it and leak the pod)."""
+    keys = ("uid", "namespace", "name", "sourcePath")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
+        raise RecordError("missing uid, namespace, name or sourcePath")
+    if record["uid"] != uid:
+        raise RecordError(f"record is for uid {record['uid'][:64]!r}")
+    manifest = record.get("manifest")
+    problems: list[str] = []
+    podschema.check(manifest, "V1Pod", "manifest", lambda f, why: problems.append(f"{f}: {why}"))
+    if not isinstance(manifest, dict) or problems:
+        raise RecordError("; ".join(problems[:3]) or "manifest is not an object")
+    spec = manifest.get("spec")
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    if not containers or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str)
+        for c in [*containers, *(spec.get("initContainers") or [])]  # type: ignore[union-attr]
+    ):
+        raise RecordError("manifest.spec.containers is missing or malformed")
+    meta = manifest.get("metadata") or {}
+    if meta.get("uid") != uid or meta.get("name") != record["name"]:
+        raise RecordError("manifest metadata does not match the record")
     return StaticPod(
-        uid=record["uid"],
+        uid=uid,
         namespace=record["namespace"],
         name=record["name"],
         source_path=record["sourcePath"],
-        manifest=record["manifest"],
+        manifest=manifest,
     )
 
 
@@ -142,6 +170,9 @@ class PodWorker:
                     wake_at = time.time() + RETRY_AFTER_ERROR_SECONDS
                 await self._sleep_until(wake_at)
             await self._terminate()
+        except Exception:
+            # Never silent: the worker is gone, so say so with the pod it was for.
+            log.exception("pod worker failed %s", describe(self.pod))
         finally:
             self.done.set()
 
@@ -169,6 +200,10 @@ class PodWorker:
         sandbox = await runtime.pod_status(self.uid)
         actions = self._actions(sandbox)
         if actions.create_sandbox:
+            if sandbox is not None and sandbox.finished_at is not None:
+                # A re-creation opens or doubles the holder's back-off window.
+                key = sandbox_backoff_key(self.uid)
+                self._ctx.backoff.next(key, sandbox.finished_at, time.time())
             sandbox = await self._create_sandbox()
             actions = self._actions(sandbox)
         for start in actions.start:
@@ -189,7 +224,7 @@ class PodWorker:
     async def _create_sandbox(self) -> SandboxStatus:
         pod, config = self.pod, self._ctx.config
         spec = pod.spec
-        pod_log_dir(config.pod_logs_dir, pod).mkdir(parents=True, exist_ok=True)
+        loggc.mark(pod_log_dir(config.pod_logs_dir, pod))
         sandbox_config = SandboxConfig(
             pod_uid=pod.uid,
             pod_namespace=pod.namespace,
@@ -199,6 +234,7 @@ class PodWorker:
             host_pid=bool(spec.get("hostPID")),
             host_ipc=bool(spec.get("hostIPC")),
             share_process_namespace=bool(spec.get("shareProcessNamespace")),
+            grace_seconds=self._grace_seconds(),
         )
         log.info("creating sandbox %s", describe(pod))
         return await self._ctx.runtime.run_sandbox(sandbox_config, pod_record(pod))
@@ -277,10 +313,16 @@ class PodWorker:
         self.status = status
         self._ctx.on_status(self.uid, status)
 
+    def _grace_seconds(self) -> float:
+        grace = self.pod.spec.get("terminationGracePeriodSeconds")
+        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
+            return float(grace)
+        return float(DEFAULT_GRACE_SECONDS)
+
     async def _terminate(self) -> None:
         """Stop every container within the grace period, end the holder, remove pod state."""
         pod = self.pod
-        grace = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        grace = self._grace_seconds()
         log.info("killing %s grace=%ss", describe(pod), grace)
         while True:
             try:
@@ -290,6 +332,9 @@ class PodWorker:
                 # The successor waits for this pod to be gone, so keep trying rather than lie.
                 log.exception("kill failed, retrying %s", describe(pod))
                 await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
-        await asyncio.to_thread(remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid)
+        try:
+            await asyncio.to_thread(remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid)
+        except (OSError, safepath.UnsafePathError) as err:
+            log.error("cannot remove the volumes of %s: %s", describe(pod), err)
         self._ctx.backoff.forget_prefix(f"{pod.uid}/")
         log.info("pod removed %s", describe(pod))

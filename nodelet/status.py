@@ -11,12 +11,9 @@ from typing import Any
 
 from nodelet.actions import PodActions
 from nodelet.model import StaticPod
-from nodelet.runtime.api import ContainerRecord, SandboxStatus
+from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
 
 Json = dict[str, Any]
-
-UNKNOWN_EXIT_CODE = 137
-"""kubelet's exit code for a container that vanished with its sandbox (ContainerStatusUnknown)."""
 
 
 def rfc3339(epoch: float) -> str:
@@ -77,7 +74,7 @@ def container_status(
         "name": name,
         "image": container.get("image", ""),
         "imageID": "",
-        "restartCount": max(0, len(runs) - 1),
+        "restartCount": max((r.attempt for r in runs), default=0),
         "ready": False,
         "started": False,
         "state": {},
@@ -152,9 +149,14 @@ def _condition(kind: str, ok: bool, reason: str = "", message: str = "") -> Json
     return cond
 
 
+LOGS_DROPPED_CONDITION = "nodelet.io/LogsDropped"
+"""nodelet's own condition: a container's output could not all be written (a full log disk)."""
+
+
 def _conditions(
     spec: Mapping[str, Any],
     sandbox: SandboxStatus | None,
+    actions: PodActions,
     init: list[Json],
     app: list[Json],
     phase: str,
@@ -171,8 +173,14 @@ def _conditions(
     gates = spec.get("readinessGates") or []
     ready = not unready and not gates
     ready_message = unready_msg if unready else "corresponding condition of pod readiness gate"
-    return [
-        _condition("PodReadyToStartContainers", sandbox is not None and sandbox.ready),
+    waiting = actions.sandbox_waiting
+    conditions = [
+        _condition(
+            "PodReadyToStartContainers",
+            sandbox is not None and sandbox.ready,
+            waiting.reason if waiting else "",
+            waiting.message if waiting else "",
+        ),
         _condition(
             "Initialized",
             not init_pending or completed,
@@ -183,6 +191,13 @@ def _conditions(
         _condition("ContainersReady", not unready, reason, unready_msg),
         _condition("PodScheduled", True),
     ]
+    if sandbox is not None and sandbox.log_drops:
+        drops = "; ".join(f"{name}: {why}" for name, why in sandbox.log_drops)
+        conditions.append({
+            "type": LOGS_DROPPED_CONDITION, "status": "True", "reason": "LogWriteFailed",
+            "message": drops,
+        })  # fmt: skip
+    return conditions
 
 
 def _stamp_transitions(conditions: list[Json], previous: Json | None, now: float) -> None:
@@ -195,6 +210,17 @@ def _stamp_transitions(conditions: list[Json], previous: Json | None, now: float
         else:
             cond["lastTransitionTime"] = rfc3339(now)
         cond["lastProbeTime"] = None
+
+
+def _never_fewer_restarts(statuses: list[Json], previous: Json | None) -> None:
+    """restartCount never goes backwards, even if a damaged journal record was skipped."""
+    before = {
+        st["name"]: st.get("restartCount", 0)
+        for key in ("initContainerStatuses", "containerStatuses")
+        for st in (previous or {}).get(key, [])
+    }
+    for st in statuses:
+        st["restartCount"] = max(st["restartCount"], before.get(st["name"], 0))
 
 
 def qos_class(spec: Mapping[str, Any]) -> str:
@@ -222,8 +248,9 @@ def build_pod_status(
     init_running = any("running" in st["state"] for st in init)
     app_default = "PodInitializing" if init and init_running else "ContainerCreating"
     app = [container_status(pod, c, sandbox, actions, app_default) for c in spec["containers"]]
+    _never_fewer_restarts(init + app, previous)
     phase = actions.terminal_phase or get_phase(spec, init, app)
-    conditions = _conditions(spec, sandbox, init, app, phase)
+    conditions = _conditions(spec, sandbox, actions, init, app, phase)
     _stamp_transitions(conditions, previous, now)
     status: Json = {
         "phase": phase,

@@ -7,11 +7,12 @@ layout) and are removed with the pod. hostPath is the only way a pod writes else
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from nodelet import safepath
 
 
 class VolumeError(Exception):
@@ -19,11 +20,12 @@ class VolumeError(Exception):
 
 
 def pod_dir(pods_state_dir: Path, pod_uid: str) -> Path:
-    return pods_state_dir / pod_uid
+    return safepath.child(pods_state_dir, pod_uid)
 
 
 def empty_dir_path(pods_state_dir: Path, pod_uid: str, name: str) -> Path:
-    return pod_dir(pods_state_dir, pod_uid) / "volumes" / "kubernetes.io~empty-dir" / name
+    volumes = pod_dir(pods_state_dir, pod_uid) / "volumes" / "kubernetes.io~empty-dir"
+    return safepath.child(volumes, name)
 
 
 def _is_kind(check: Callable[[int], bool]) -> Callable[[str], bool]:
@@ -82,9 +84,11 @@ def prepare_volumes(pods_state_dir: Path, pod_uid: str, spec: dict[str, Any]) ->
                 paths[name] = _prepare_host_path(name, volume["hostPath"])
         except OSError as err:
             raise VolumeError(f'volume "{name}": {err.strerror}: {err.filename}') from err
+        except safepath.UnsafePathError as err:
+            raise VolumeError(f'volume "{name}": {err}') from err
     return paths
 
 
 def remove_pod_volumes(pods_state_dir: Path, pod_uid: str) -> None:
     """Remove everything the pod owned under the state dir; hostPaths are never touched."""
-    shutil.rmtree(pod_dir(pods_state_dir, pod_uid), ignore_errors=True)
+    safepath.remove_tree(pods_state_dir, pod_dir(pods_state_dir, pod_uid))

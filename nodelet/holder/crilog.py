@@ -21,14 +21,30 @@ def timestamp(ns: int) -> str:
 class StreamLog:
     """One stream (stdout or stderr) of one container run, appended to the shared log file."""
 
-    def __init__(self, log_fd: int, stream: str) -> None:
+    def __init__(self, log_fd: int | None, stream: str, error: str = "") -> None:
         self._fd = log_fd
         self._stream = stream.encode()
         self._pending = b""
+        self.dropped = 0
+        """Lines (or pieces) that could not be written: a full or failing log disk drops output,
+        it never stops the container."""
+        self.error = error
 
     def _write(self, text: bytes, tag: bytes) -> None:
+        if self._fd is None:
+            self.dropped += 1
+            return
         stamp = timestamp(time.time_ns()).encode()
-        os.write(self._fd, b"%s %s %s %s\n" % (stamp, self._stream, tag, text))
+        line = b"%s %s %s %s\n" % (stamp, self._stream, tag, text)
+        try:
+            written = os.write(self._fd, line)
+        except OSError as err:
+            self.dropped += 1
+            self.error = err.strerror or str(err)
+            return
+        if written != len(line):
+            self.dropped += 1
+            self.error = "short write"
 
     def feed(self, data: bytes) -> None:
         buffer = self._pending + data

@@ -22,9 +22,15 @@ from nodelet.holder import linux, protocol, spawn
 from nodelet.holder.crilog import StreamLog
 
 DEFAULT_SHUTDOWN_GRACE = 2.0
+JOURNAL_RETRY_SECONDS = 1.0
+"""How often a journal that could not be written (a full disk) is tried again."""
+LOG_DROP_REPORT_SECONDS = 1.0
+"""At most one dropped-log-lines report per container per this many seconds."""
 CLIENT_SEND_TIMEOUT = 2.0
 START_ERROR_EXIT_CODE = 128
 """What containerd reports for a container whose exec failed."""
+NAMESPACES = ("net", "ipc", "uts", "pid")
+"""Recorded in holder.json: the pod's own ones tell its leftover processes from the host's."""
 STRAGGLER_ROUNDS = 100
 """Kill-and-reap rounds for processes still forking while the pod ends."""
 
@@ -35,17 +41,24 @@ class Container:
     attempt: int
     pid: int
     started_at: float
-    log_fd: int
+    log_fd: int | None
+    """None when the log file could not be opened: every line is dropped and counted."""
     streams: dict[int, StreamLog] = field(default_factory=dict)
     stopping: bool = False
     exited: bool = False
 
 
 class Holder:
-    def __init__(self, pod_dir: str, pod_uid: str) -> None:
+    def __init__(self, pod_dir: str, pod_uid: str, grace_seconds: float | None = None) -> None:
         self.pod_dir = pod_dir
         self.pod_uid = pod_uid
+        self.grace_seconds = grace_seconds
+        """The pod's termination grace period, for an agent that can no longer read the pod."""
         self.created_at = time.time()
+        self.unjournaled: list[dict[str, Any]] = []
+        """Records the journal could not take yet (ENOSPC, EIO): retried, replayed on hello."""
+        self.journal_retry_pending = False
+        self.log_reports: dict[str, float] = {}
         self.containers: dict[str, Container] = {}
         self.by_pid: dict[int, Container] = {}
         self.timers: list[tuple[float, Callable[[], None]]] = []
@@ -58,6 +71,24 @@ class Holder:
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
             0o600,
         )
+        self._write_identity()
+
+    def _write_identity(self) -> None:
+        """``holder.json``: who we are in the host's PID namespace, so an agent recognises this
+        process (and never starts a second holder) even when the socket does not answer."""
+        me = int(os.readlink("/proc/self"))
+        namespaces = {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in NAMESPACES}
+        identity = {"pid": me, "start_time": linux.start_time(me), "pod_uid": self.pod_uid,
+                    "grace_seconds": self.grace_seconds, "namespaces": namespaces}  # fmt: skip
+        final = os.path.join(self.pod_dir, protocol.HOLDER_ID_NAME)
+        temporary = final + ".new"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(identity).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, final)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -91,10 +122,18 @@ class Holder:
             if self.timers:
                 timeout = max(0.0, min(t for t, _ in self.timers) - time.monotonic())
             for key, _ in self.sel.select(timeout):
-                key.data()
+                self._guarded(key.data)
             self._run_timers()
         self._kill_stragglers()
         os.unlink(os.path.join(self.pod_dir, protocol.SOCKET_NAME))
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """The pod dies with its holder, so no single event may end the holder: a failure is
+        logged (to holder.log) and the loop goes on."""
+        try:
+            action()
+        except Exception as err:
+            _say(f"holder: {action!r} failed: {err!r}")
 
     def _kill_stragglers(self) -> None:
         """When the pod ends, nothing it started may outlive it: daemons that left their
@@ -153,13 +192,38 @@ class Holder:
             "signal": -code if code < 0 else None,
         })  # fmt: skip
         if not container.streams:
-            os.close(container.log_fd)
+            _close(container.log_fd)
 
     def _record(self, entry: dict[str, Any]) -> None:
-        """Journal first (durable), then tell the agent if one is listening."""
-        os.write(self.journal, protocol.encode(entry))
-        os.fsync(self.journal)
+        """Journal first (durable), then tell the agent if one is listening.
+
+        A journal that cannot be written (full disk, I/O error) must not end the holder and
+        with it the pod: the record is kept, retried, and replayed to every agent that
+        connects until it is on disk."""
+        self.unjournaled.append(entry)
+        self._flush_journal()
         self._send(entry)
+
+    def _retry_journal(self) -> None:
+        self.journal_retry_pending = False
+        self._flush_journal()
+
+    def _flush_journal(self) -> None:
+        while self.unjournaled:
+            data = protocol.encode_record(self.unjournaled[0])
+            try:
+                written = os.write(self.journal, data)
+                if written != len(data):
+                    raise OSError(28, "short write")  # the torn part fails its checksum
+                os.fsync(self.journal)
+            except OSError as err:
+                if not self.journal_retry_pending:
+                    _say(f"holder: journal write failed, retrying: {err}")
+                    self.journal_retry_pending = True
+                    retry_at = time.monotonic() + JOURNAL_RETRY_SECONDS
+                    self.timers.append((retry_at, self._retry_journal))
+                return
+            self.unjournaled.pop(0)
 
     def _accept(self, listener: socket.socket) -> None:
         client, _ = listener.accept()
@@ -170,8 +234,10 @@ class Holder:
         self.sel.register(client, selectors.EVENT_READ, self._client_readable)
         self._send({
             "type": "hello", "version": protocol.VERSION, "pod_uid": self.pod_uid,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "grace_seconds": self.grace_seconds,
         })  # fmt: skip
+        for entry in self.unjournaled:  # not on disk yet: the new agent learns them from us
+            self._send(entry)
 
     def _drop_client(self) -> None:
         if self.client is not None:
@@ -226,6 +292,8 @@ class Holder:
                 reply.update(ok=False, reason="UnknownOp", message=f"unknown op {op!r}")
         except (KeyError, TypeError, ValueError) as err:
             reply.update(ok=False, reason="BadRequest", message=f"{op}: {err!r}")
+        except OSError as err:  # pipe/fork/open failed (EMFILE, EAGAIN, ENOSPC): retried later
+            reply.update(ok=False, reason="CreateContainerError", message=f"{op}: {err}")
         self._send(reply)
 
     # -- containers -------------------------------------------------------------------------
@@ -236,12 +304,17 @@ class Holder:
             return {"ok": False, "reason": "PodTerminating", "message": "the pod is stopping"}
         if name in self.containers:
             return {"ok": False, "reason": "AlreadyRunning", "message": f"{name} is running"}
-        log_fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o640)  # fmt: skip
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()
-        pid = os.fork()
+        log_fd, log_error = _open_log(spec["log_path"])
+        pipes: list[int] = []
+        try:
+            for _ in range(3):
+                pipes.extend(os.pipe())
+            out_r, out_w, err_r, err_w, status_r, status_w = pipes
+            pid = os.fork()
+        except OSError:
+            for fd in [*pipes, log_fd]:
+                _close(fd)
+            raise
         if pid == 0:
             spawn.run(spec, out_w, err_w, status_w)
         for fd in (out_w, err_w, status_w):
@@ -250,7 +323,7 @@ class Holder:
         if failure:
             os.waitpid(pid, 0)
             for fd in (out_r, err_r, log_fd):
-                os.close(fd)
+                _close(fd)
             details = json.loads(failure)
             if details["reason"] == spawn.START_ERROR:
                 self._record_failed_start(spec, pid, details["message"])
@@ -258,7 +331,7 @@ class Holder:
         container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
-            container.streams[fd] = StreamLog(log_fd, stream)
+            container.streams[fd] = StreamLog(log_fd, stream, log_error)
             self.sel.register(fd, selectors.EVENT_READ, self._reader(container, fd))
         self.containers[name] = container
         self.by_pid[pid] = container
@@ -286,14 +359,33 @@ class Holder:
                 return
             if data:
                 container.streams[fd].feed(data)
+                self._report_dropped(container)
                 return
             container.streams.pop(fd).close()
+            self._report_dropped(container, final=True)
             self.sel.unregister(fd)
             os.close(fd)
             if not container.streams and container.exited:
-                os.close(container.log_fd)
+                _close(container.log_fd)
 
         return readable
+
+    def _report_dropped(self, container: Container, final: bool = False) -> None:
+        """Tell the agent (and holder.log) how many log lines could not be written, at most
+        once a second per container: the container keeps running, its output is lost."""
+        dropped = sum(s.dropped for s in container.streams.values())
+        if not dropped:
+            return
+        now = time.monotonic()
+        if not final and now - self.log_reports.get(container.name, 0.0) < LOG_DROP_REPORT_SECONDS:
+            return
+        self.log_reports[container.name] = now
+        error = next((s.error for s in container.streams.values() if s.error), "")
+        _say(f"holder: {container.name}: {dropped} log lines dropped: {error}")
+        self._send({
+            "type": "log_dropped", "name": container.name, "attempt": container.attempt,
+            "lines": dropped, "error": error,
+        })  # fmt: skip
 
     def _stop(self, name: str, grace: float) -> None:
         """SIGTERM now, SIGKILL to the whole group after the grace; the holder owns the timer."""
@@ -323,7 +415,7 @@ class Holder:
         due = [t for t in self.timers if t[0] <= now]
         self.timers = [t for t in self.timers if t[0] > now]
         for _, action in due:
-            action()
+            self._guarded(action)
 
 
 def _children_of(pid: str) -> list[str]:
@@ -341,6 +433,28 @@ def _children_of(pid: str) -> list[str]:
     return found
 
 
+def _say(message: str) -> None:
+    """A line in holder.log; a log that cannot be written is no reason to fail."""
+    with contextlib.suppress(OSError):
+        os.write(2, message.encode(errors="replace") + b"\n")
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _open_log(path: str) -> tuple[int | None, str]:
+    """The container's log file, or None and why: a full log disk must not stop the pod."""
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(path, flags, 0o640), ""
+    except OSError as err:
+        _say(f"holder: cannot open log {path}: {err}")
+        return None, f"cannot open {path}: {err.strerror}"
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while True:
@@ -352,11 +466,17 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def run_holder(pod_dir: str, pod_uid: str, hostname: str | None, own_net: bool) -> None:
+def run_holder(
+    pod_dir: str,
+    pod_uid: str,
+    hostname: str | None,
+    own_net: bool,
+    grace_seconds: float | None = None,
+) -> None:
     """Entry point in the freshly forked holder (already inside its namespaces)."""
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     if hostname is not None:
         socket.sethostname(hostname)
     if own_net:
         linux.loopback_up()
-    Holder(pod_dir, pod_uid).serve()
+    Holder(pod_dir, pod_uid, grace_seconds).serve()

@@ -56,6 +56,14 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl({option})")
 
 
+def start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22):
+    with the pid, an identity that a reused pid number cannot fake."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return int(fields[19])
+
+
 def loopback_up() -> None:
     """Bring ``lo`` up in the current network namespace (a fresh netns has it down)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

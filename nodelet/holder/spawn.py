@@ -42,15 +42,23 @@ def _bind_mounts(mounts: list[dict[str, Any]]) -> None:
 
 
 def _working_dir(path: str, mounts: list[dict[str, Any]]) -> None:
+    """chdir to ``path``, creating it only inside a volume, and only as the container's user
+    (this runs after the user switch): nothing is created that the user could not create."""
+    if not os.path.isabs(path):
+        raise SetupError(f"workingDir {path} is not an absolute path")
     if not os.path.isdir(path):
-        inside = any(
-            path == m["target"] or path.startswith(m["target"].rstrip("/") + "/") for m in mounts
-        )
-        if not inside:
+        wanted = os.path.normpath(path)
+        existing = wanted
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        real = os.path.realpath(existing)
+        volumes = [os.path.realpath(m["target"]) for m in mounts]
+        if not any(real == v or real.startswith(v.rstrip("/") + "/") for v in volumes):
             raise SetupError(
                 f"workingDir {path} does not exist and lies outside every volume; it is not "
                 "created on the host filesystem"
             )
+        path = os.path.join(real, os.path.relpath(wanted, existing))
         os.makedirs(path, exist_ok=True)
     os.chdir(path)
 
@@ -90,9 +98,9 @@ def run(spec: dict[str, Any], stdout_w: int, stderr_w: int, status_w: int) -> No
         mounts = list(spec.get("mounts") or [])
         if mounts:
             _bind_mounts(mounts)
+        _identity(spec)
         if spec.get("working_dir"):
             _working_dir(spec["working_dir"], mounts)
-        _identity(spec)
         if spec.get("no_new_privileges"):
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.closerange(3, status_w)

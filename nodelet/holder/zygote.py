@@ -60,6 +60,7 @@ def _become_holder(request: dict[str, Any], report_w: int, channel: socket.socke
                 request["pod_uid"],
                 request["hostname"] if request.get("uts") else None,
                 bool(request.get("net")),
+                request.get("grace_seconds"),
             )
             code = 0
         except BaseException as err:
@@ -93,10 +94,10 @@ def _create(request: dict[str, Any], channel: socket.socket) -> dict[str, Any]:
     return {"error": answer or "the holder's parent ended without reporting"}
 
 
-def main(fd: int) -> None:
+def main(fd: int, agent_pid: int | None = None) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
-        return
+    if os.getppid() != (agent_pid or os.getppid()) or os.getppid() == 1:
+        return  # the agent died before the death signal was armed: nobody will ask us anything
     channel = socket.socket(fileno=fd)
     gc.freeze()
     stream = channel.makefile("rb")

@@ -23,6 +23,9 @@ class SandboxConfig:
     host_pid: bool = False
     host_ipc: bool = False
     share_process_namespace: bool = False
+    grace_seconds: float | None = None
+    """The pod's termination grace period: the holder keeps it, so a pod whose stored record
+    cannot be read is still stopped gracefully."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class SandboxStatus:
     pod_ip: str | None = None
     containers: tuple[ContainerRecord, ...] = ()
     """Every attempt of every container, oldest first, across sandbox restarts."""
+    finished_at: float | None = None
+    """When the holder was seen to end (epoch seconds): re-creating it is backed off."""
+    log_drops: tuple[tuple[str, str], ...] = ()
+    """(container, why) for containers whose output could not all be written to their log."""
 
     def attempts(self, name: str) -> list[ContainerRecord]:
         return [c for c in self.containers if c.name == name]
@@ -105,7 +112,14 @@ class KnownPod:
     pod_uid: str
     pod: dict[str, Any]
     """The record the agent stored with ``run_sandbox`` (the StaticPod manifest and its path)."""
+    terminating: bool = False
+    """A previous agent had started to remove this pod: finish that, never restart it."""
+    grace_seconds: float | None = None
+    """The grace period the holder was given, for stopping a pod whose record is unusable."""
 
+
+UNKNOWN_EXIT_CODE = 137
+"""kubelet's exit code for a container that vanished with its sandbox (ContainerStatusUnknown)."""
 
 START_ERROR = "StartError"
 """``ContainerStartError.reason`` when exec itself failed; the runtime then records the attempt

@@ -42,17 +42,29 @@ class HolderClient:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, path: str) -> HolderClient:
+    async def connect(
+        cls,
+        path: str,
+        on_peer: Callable[[int], None] = lambda _pid: None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> HolderClient:
+        """Connect and wait for ``hello``. ``on_peer`` learns the holder's pid first (the kernel
+        knows it at connect time), so even a holder too stalled to answer is recognised."""
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
         try:
             sock = writer.get_extra_info("socket")
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             peer_pid = struct.unpack("3i", creds)[0]
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_SECONDS)
+            on_peer(peer_pid)
+            async with asyncio.timeout(timeout):
+                line = await reader.readline()
             hello = protocol.decode(line)
         except (OSError, ValueError, TimeoutError) as err:
             writer.close()
-            raise HolderGoneError(f"no hello from holder at {path}: {err}") from err
+            raise HolderGoneError(f"no hello from holder at {path}: {err!r}") from err
+        except asyncio.CancelledError:
+            writer.close()
+            raise
         if hello.get("type") != "hello":
             writer.close()
             raise HolderGoneError(f"holder at {path} did not say hello: {hello}")
@@ -76,7 +88,7 @@ class HolderClient:
                 if future is not None:
                     if not future.done():
                         future.set_result(message)
-                elif message.get("type") in ("start", "exit"):
+                elif message.get("type") in ("start", "exit", "log_dropped"):
                     self._on_event(message)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             pass
@@ -85,6 +97,7 @@ class HolderClient:
                 if not future.done():
                     future.set_exception(HolderGoneError("holder connection closed"))
             self._pending.clear()
+            self._writer.close()  # the holder is gone: free the socket now, not at GC
             self._on_close()
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:

@@ -11,22 +11,20 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nodelet
+from nodelet import safepath
 from nodelet.holder import protocol
+from nodelet.runtime import journal, leftovers, rundir
 from nodelet.runtime.api import (
+    UNKNOWN_EXIT_CODE,
     ChangeCallback,
     ContainerConfig,
     ContainerRecord,
@@ -36,13 +34,17 @@ from nodelet.runtime.api import (
     SandboxStatus,
 )
 from nodelet.runtime.holderclient import HolderClient, HolderGoneError
+from nodelet.runtime.zygoteclient import ZygoteClient
 
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 HOLDER_READY_TIMEOUT = 10.0
+ADOPT_CONNECT_TIMEOUT = 2.0
+"""At start-up a holder that has not said hello by then is left for later: start-up never
+waits on one stalled holder, and a stalled holder is never replaced while it exists."""
 EXTRA_KILL_WAIT = 10.0
-ARCHIVED_JOURNAL = "journal-{}.jsonl"
+DEFAULT_GRACE_SECONDS = 30.0
 
 
 @dataclass
@@ -55,43 +57,21 @@ class _Pod:
     client: HolderClient | None = None
     pidfd: int | None = None
     alive: bool = False
+    finished_at: float | None = None
+    """When the holder was seen to end."""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """The holder's ``holder.json`` (pid, start time, grace period, namespaces)."""
+    terminating: dict[str, Any] | None = None
+    """The durable intent to remove the pod (``terminating.json``), once it was written."""
     records: list[ContainerRecord] = field(default_factory=list)
+    log_drops: dict[str, str] = field(default_factory=dict)
     exit_waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
     died: asyncio.Event = field(default_factory=asyncio.Event)
 
-
-def _apply(records: list[ContainerRecord], entry: dict[str, Any]) -> None:
-    """Fold one journal entry into the container history (idempotent)."""
-    key = (entry.get("name"), entry.get("attempt"), entry.get("pid"))
-    index = next((i for i, r in enumerate(records) if (r.name, r.attempt, r.pid) == key), None)
-    if entry.get("type") == "start" and index is None:
-        records.append(
-            ContainerRecord(entry["name"], entry["attempt"], entry["pid"], entry["started_at"])
-        )
-    elif entry.get("type") == "exit":
-        finished = ContainerRecord(
-            entry["name"], entry["attempt"], entry["pid"], entry["started_at"],
-            entry["finished_at"], entry["exit_code"], entry.get("signal"),
-            entry.get("reason"), entry.get("message"),
-        )  # fmt: skip
-        if index is None:
-            records.append(finished)
-        else:
-            records[index] = finished
-
-
-def _read_journals(directory: Path) -> list[ContainerRecord]:
-    records: list[ContainerRecord] = []
-    archived = sorted(
-        directory.glob(ARCHIVED_JOURNAL.format("*")),
-        key=lambda p: int(p.stem.split("-", 1)[1]) if p.stem.split("-", 1)[1].isdigit() else 0,
-    )
-    for path in [*archived, directory / protocol.JOURNAL_NAME]:
-        with contextlib.suppress(FileNotFoundError):
-            for line in path.read_bytes().splitlines():
-                with contextlib.suppress(ValueError, KeyError):
-                    _apply(records, protocol.decode(line))
-    return records
+    @property
+    def grace_seconds(self) -> float | None:
+        grace = self.identity.get("grace_seconds")
+        return float(grace) if isinstance(grace, int | float) and grace >= 0 else None
 
 
 class ProcessRuntime:
@@ -100,16 +80,16 @@ class ProcessRuntime:
     def __init__(self, run_dir: Path, *, python: str = sys.executable) -> None:
         self.run_dir = run_dir
         self.pods_dir = run_dir / "pods"
-        self._python = python
         self._pods: dict[str, _Pod] = {}
         self._callbacks: list[ChangeCallback] = []
-        self._zygote: subprocess.Popen[bytes] | None = None
-        self._channel: socket.socket | None = None
-        self._zygote_lock = asyncio.Lock()
+        self._zygote = ZygoteClient(python)
+        self._host_namespaces = {
+            kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "ipc", "uts", "pid")
+        }
 
     @property
     def zygote_pid(self) -> int | None:
-        return self._zygote.pid if self._zygote else None
+        return self._zygote.pid
 
     def subscribe(self, callback: ChangeCallback) -> None:
         self._callbacks.append(callback)
@@ -124,60 +104,18 @@ class ProcessRuntime:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-        self.pods_dir.mkdir(parents=True, exist_ok=True)
-        self._start_zygote()
-        for directory in sorted(p for p in self.pods_dir.iterdir() if p.is_dir()):
-            await self._adopt(directory)
-
-    def _start_zygote(self) -> None:
-        ours, theirs = socket.socketpair()
-        package_parent = str(Path(nodelet.__file__).resolve().parent.parent)
-        bootstrap = (
-            f"import sys; sys.path.insert(0, {package_parent!r}); "
-            f"from nodelet.holder import zygote; zygote.main({theirs.fileno()})"
-        )
-        self._zygote = subprocess.Popen(
-            [self._python, "-I", "-S", "-c", bootstrap],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        ours.setblocking(False)
-        self._channel = ours
-
-    async def _ask_zygote(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One request to the zygote; a zygote that died (OOM kill, say) is replaced once."""
-        async with self._zygote_lock:
-            try:
-                return await self._zygote_exchange(request)
-            except (OSError, TimeoutError) as err:
-                log.warning("zygote failed (%s); starting a new one", err)
-                self._stop_zygote()
-                self._start_zygote()
-                return await self._zygote_exchange(request)
-
-    async def _zygote_exchange(self, request: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        if self._channel is None:
-            raise OSError("no zygote")
-        await loop.sock_sendall(self._channel, protocol.encode(request))
-        data = b""
-        while not data.endswith(b"\n"):
-            async with asyncio.timeout(HOLDER_READY_TIMEOUT):
-                chunk = await loop.sock_recv(self._channel, 65536)
-            if not chunk:
-                raise OSError("the zygote exited")
-            data += chunk
-        return protocol.decode(data)
-
-    def _stop_zygote(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        if self._zygote is not None:
-            self._zygote.kill()
-            self._zygote.wait()
-            self._zygote = None
+        rundir.make_private_dir(self.run_dir)
+        rundir.make_private_dir(self.pods_dir)
+        self._zygote.start()
+        found = []
+        for directory in sorted(self.pods_dir.iterdir()):
+            if directory.is_symlink() or not directory.is_dir():
+                log.warning("ignoring %s in the run dir: not a pod directory", directory)
+                continue
+            found.append(self._adopt(directory))
+        # Every holder is asked at once and none is waited for long: one stalled holder must
+        # not hold up the others (it is kept, not replaced, and asked again when needed).
+        await asyncio.gather(*(self._first_connect(pod) for pod in found))
 
     async def close(self) -> None:
         """Disconnect from every holder and stop the zygote; the pods keep running."""
@@ -190,35 +128,57 @@ class ProcessRuntime:
             if pod.client is not None:
                 client, pod.client = pod.client, None
                 await client.close()
-        self._stop_zygote()
+        self._zygote.stop()
 
     # -- adoption and liveness --------------------------------------------------------------
 
-    async def _adopt(self, directory: Path) -> None:
-        uid = directory.name
-        try:
-            record = json.loads((directory / protocol.POD_RECORD_NAME).read_text())
-        except (OSError, ValueError):
-            record = {}
-        pod = _Pod(uid=uid, directory=directory, record=record)
-        pod.records = _read_journals(directory)
-        self._pods[uid] = pod
-        with contextlib.suppress(OSError, HolderGoneError):
-            await self._connect(pod)
+    def _adopt(self, directory: Path) -> _Pod:
+        record = rundir.read_pod_record(directory)
+        pod = _Pod(uid=directory.name, directory=directory, record=record)
+        pod.records = journal.read_journals(directory)
+        pod.terminating = rundir.read_terminating(directory)
+        identity = rundir.read_holder_identity(directory)
+        if identity is not None:
+            pod.identity = identity
+            self._watch(pod, int(identity["pid"]))
+        if not pod.alive:
+            pod.finished_at = time.time()
+        self._pods[pod.uid] = pod
+        return pod
+
+    async def _first_connect(self, pod: _Pod) -> None:
+        sock = pod.directory / protocol.SOCKET_NAME
+        if pod.alive or sock.exists():
+            try:
+                await self._connect(pod, ADOPT_CONNECT_TIMEOUT)
+            except (OSError, HolderGoneError) as err:
+                if pod.alive:
+                    log.warning(
+                        "holder of pod uid=%s (pid %s) does not answer: %s; it is kept and "
+                        "asked again when needed", pod.uid, pod.holder_pid, err,
+                    )  # fmt: skip
+        if not pod.alive:
+            self._end_leftovers(pod, seen_dying=False)
         log.info(
-            "found pod uid=%s holder=%s alive=%s containers=%d",
-            uid, pod.holder_pid, pod.alive, len(pod.records),
+            "found pod uid=%s holder=%s alive=%s containers=%d%s",
+            pod.uid, pod.holder_pid, pod.alive, len(pod.records),
+            " (being removed)" if pod.terminating else "",
         )  # fmt: skip
 
-    async def _connect(self, pod: _Pod) -> None:
-        client = await HolderClient.connect(str(pod.directory / protocol.SOCKET_NAME))
+    async def _connect(self, pod: _Pod, timeout: float = HOLDER_READY_TIMEOUT) -> None:
+        def recognise(pid: int) -> None:
+            if pod.pidfd is None:
+                self._watch(pod, pid)
+
+        client = await HolderClient.connect(
+            str(pod.directory / protocol.SOCKET_NAME), recognise, timeout
+        )
         pod.client = client
-        pod.holder_pid = client.peer_pid
         pod.created_at = float(client.hello.get("created_at", time.time()))
-        # Whatever happened while nobody listened is in the journal.
-        pod.records = _read_journals(pod.directory)
-        if pod.pidfd is None:
-            self._watch(pod, client.peer_pid)
+        if not pod.identity:
+            pod.identity = {"grace_seconds": client.hello.get("grace_seconds")}
+        # Whatever happened while nobody listened is in the journal (or replayed after hello).
+        pod.records = journal.read_journals(pod.directory)
         client.start(
             lambda event: self._on_event(pod, event),
             lambda: self._on_disconnect(pod, client),
@@ -230,7 +190,8 @@ class ProcessRuntime:
         except ProcessLookupError:
             pod.alive = False
             return
-        pod.pidfd, pod.alive = pidfd, True
+        pod.pidfd, pod.alive, pod.holder_pid = pidfd, True, pid
+        pod.finished_at = None
         pod.died.clear()
         asyncio.get_running_loop().add_reader(pidfd, self._on_holder_exit, pod, pid)
 
@@ -242,8 +203,9 @@ class ProcessRuntime:
             pod.pidfd = None
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        self._reap_orphans()
         pod.alive = False
+        pod.finished_at = time.time()
+        self._end_leftovers(pod, seen_dying=True)
         pod.died.set()
         for waiters in pod.exit_waiters.values():
             for waiter in waiters:
@@ -253,9 +215,30 @@ class ProcessRuntime:
         log.info("holder of pod uid=%s (pid %d) ended", pod.uid, pid)
         self._notify(pod.uid)
 
+    def _end_leftovers(self, pod: _Pod, *, seen_dying: bool) -> None:
+        """Nothing a pod started may outlive its holder: kill what is left of the sessions of
+        containers whose exit was never journaled, then reap what was reparented to us.
+
+        Candidates must share the pod's own namespaces. A pod with none of its own is cleaned
+        up only when we saw its holder die just now (a session number is not reused while the
+        session has members, so right after the death the match is exact)."""
+        sessions = [r.pid for r in pod.records if r.running]
+        recorded = pod.identity.get("namespaces")
+        private = {
+            kind: inode
+            for kind, inode in (recorded if isinstance(recorded, dict) else {}).items()
+            if isinstance(inode, int) and self._host_namespaces.get(kind) not in (None, inode)
+        }
+        if sessions and (private or seen_dying):
+            leftovers.kill_sessions(pod.uid, sessions, private)
+        self._reap_orphans()
+        loop = asyncio.get_running_loop()
+        for delay in (0.05, 0.5):  # killed processes take a moment to become zombies
+            loop.call_later(delay, self._reap_orphans)
+
     def _reap_orphans(self) -> None:
-        """Container processes reparented here when their holder died: reap the zombies."""
-        zygote = self._zygote.pid if self._zygote else None
+        """Reap every child that ended, except the zygote (its own client reaps it)."""
+        zygote = self._zygote.pid
         for child in _zombie_children():
             if child != zygote:
                 with contextlib.suppress(ChildProcessError):
@@ -266,12 +249,27 @@ class ProcessRuntime:
             pod.client = None
 
     def _on_event(self, pod: _Pod, event: dict[str, Any]) -> None:
-        _apply(pod.records, event)
+        if event.get("type") == "log_dropped":
+            self._on_log_dropped(pod, event)
+            return
+        if not journal.apply(pod.records, event):
+            log.warning("holder of pod uid=%s sent a malformed event: %r", pod.uid, event)
+            return
         if event.get("type") == "exit":
             for waiter in pod.exit_waiters.pop(event.get("name", ""), []):
                 if not waiter.done():
                     waiter.set_result(None)
         self._notify(pod.uid)
+
+    def _on_log_dropped(self, pod: _Pod, event: dict[str, Any]) -> None:
+        name, lines, error = event.get("name"), event.get("lines"), event.get("error")
+        if not isinstance(name, str) or not isinstance(lines, int):
+            return
+        message = f"{lines} log lines could not be written: {error}"
+        if pod.log_drops.get(name) != message:
+            log.warning("pod uid=%s container=%s: %s", pod.uid, name, message)
+            pod.log_drops[name] = message
+            self._notify(pod.uid)
 
     async def _client(self, pod: _Pod) -> HolderClient:
         if pod.client is None:
@@ -284,7 +282,10 @@ class ProcessRuntime:
     # -- Runtime protocol -------------------------------------------------------------------
 
     async def list_pods(self) -> list[KnownPod]:
-        return [KnownPod(uid, pod.record) for uid, pod in self._pods.items()]
+        return [
+            KnownPod(uid, pod.record, pod.terminating is not None, pod.grace_seconds)
+            for uid, pod in self._pods.items()
+        ]
 
     def _status(self, pod: _Pod) -> SandboxStatus:
         return SandboxStatus(
@@ -292,7 +293,24 @@ class ProcessRuntime:
             ready=pod.alive,
             holder_pid=pod.holder_pid if pod.alive else None,
             created_at=pod.created_at,
-            containers=tuple(pod.records),
+            containers=tuple(self._checked(pod, r) for r in pod.records),
+            finished_at=pod.finished_at,
+            log_drops=tuple(sorted(pod.log_drops.items())),
+        )
+
+    def _checked(self, pod: _Pod, record: ContainerRecord) -> ContainerRecord:
+        """A run is reported running only while its process exists as the holder's child:
+        status never claims a process that is gone, whatever the journal could not record."""
+        if not record.running or not pod.alive or record.started_at < pod.created_at:
+            return record
+        if leftovers.is_child(record.pid, pod.holder_pid):
+            return record  # running, or ended a moment ago and about to be journaled
+        return dataclasses.replace(
+            record,
+            finished_at=time.time(),
+            exit_code=UNKNOWN_EXIT_CODE,
+            reason="ContainerStatusUnknown",
+            message="the process is gone but its holder has not reported its exit",
         )
 
     async def pod_status(self, pod_uid: str) -> SandboxStatus | None:
@@ -302,19 +320,20 @@ class ProcessRuntime:
     async def run_sandbox(self, config: SandboxConfig, pod: dict[str, Any]) -> SandboxStatus:
         existing = self._pods.get(config.pod_uid)
         if existing is not None and existing.alive:
-            return self._status(existing)
-        directory = self.pods_dir / config.pod_uid
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(directory / protocol.POD_RECORD_NAME, json.dumps(pod))
-        journal = directory / protocol.JOURNAL_NAME
-        if journal.exists():  # a previous holder died: keep its history for restart counts
-            count = len(list(directory.glob(ARCHIVED_JOURNAL.format("*"))))
-            journal.rename(directory / ARCHIVED_JOURNAL.format(count))
-        (directory / protocol.SOCKET_NAME).unlink(missing_ok=True)
+            return self._status(existing)  # never a second holder while the first exists
+        directory = safepath.child(self.pods_dir, config.pod_uid)
+        rundir.make_private_dir(directory)
+        rundir.write_pod_record(directory, pod)
+        current = directory / protocol.JOURNAL_NAME
+        if current.exists():  # a previous holder died: keep its history for restart counts
+            current.rename(journal.next_archive(directory))
+        for stale in (protocol.SOCKET_NAME, protocol.HOLDER_ID_NAME):
+            (directory / stale).unlink(missing_ok=True)
         state = existing or _Pod(uid=config.pod_uid, directory=directory, record=pod)
         state.record = pod
+        state.log_drops.clear()
         self._pods[config.pod_uid] = state
-        answer = await self._ask_zygote({
+        answer = await self._zygote.ask({
             "pod_dir": str(directory),
             "pod_uid": config.pod_uid,
             "hostname": config.hostname,
@@ -322,6 +341,7 @@ class ProcessRuntime:
             "ipc": not config.host_ipc,
             "uts": not config.host_network,
             "pid": config.share_process_namespace and not config.host_pid,
+            "grace_seconds": config.grace_seconds,
         })  # fmt: skip
         if "pid" not in answer:
             raise OSError(f"cannot create the holder of pod {config.pod_uid}: {answer}")
@@ -335,10 +355,11 @@ class ProcessRuntime:
         while time.monotonic() < deadline and pod.alive:
             if sock.exists():
                 await self._connect(pod)
+                pod.identity = rundir.read_holder_identity(pod.directory) or pod.identity
                 return
             await asyncio.sleep(0.002)
         log_file = pod.directory / protocol.HOLDER_LOG_NAME
-        detail = log_file.read_text()[-2000:] if log_file.exists() else ""
+        detail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
         raise OSError(f"holder of pod {pod.uid} did not become ready: {detail.strip()}")
 
     async def start_container(self, pod_uid: str, config: ContainerConfig) -> ContainerRecord:
@@ -348,7 +369,7 @@ class ProcessRuntime:
         try:
             client = await self._client(pod)
             reply = await client.request(protocol.OP_SPAWN, container=dataclasses.asdict(config))
-        except HolderGoneError as err:
+        except (HolderGoneError, OSError) as err:
             raise ContainerStartError("PodSandboxNotReady", str(err)) from err
         if not reply.get("ok"):
             raise ContainerStartError(
@@ -377,40 +398,59 @@ class ProcessRuntime:
             await self._end_holder(pod, grace_seconds)
 
     async def _end_holder(self, pod: _Pod, grace_seconds: float) -> None:
-        """Ask the holder to stop its containers and exit; SIGKILL it if it does not."""
+        """Ask the holder to stop its containers and exit; SIGKILL it if it does not. A holder
+        that cannot be asked (stalled) gets its containers stopped by us within the grace."""
         if pod.alive:
-            with contextlib.suppress(HolderGoneError, OSError):
+            try:
                 client = await self._client(pod)
                 await client.request(protocol.OP_SHUTDOWN, grace_seconds=grace_seconds)
-            try:
-                await asyncio.wait_for(pod.died.wait(), grace_seconds + EXTRA_KILL_WAIT)
-            except TimeoutError:
-                if pod.holder_pid is not None:
-                    log.warning("holder of pod uid=%s ignored shutdown; killing it", pod.uid)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pod.holder_pid, signal.SIGKILL)
-                    await asyncio.wait_for(pod.died.wait(), EXTRA_KILL_WAIT)
+                asked = True
+            except (HolderGoneError, OSError) as err:
+                log.warning("holder of pod uid=%s cannot be asked to stop: %s", pod.uid, err)
+                asked = False
+            if not asked:
+                await self._stop_containers_directly(pod, grace_seconds)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace_seconds + EXTRA_KILL_WAIT):
+                        await pod.died.wait()
+            if pod.alive and pod.holder_pid is not None:
+                log.warning("holder of pod uid=%s did not end; killing it", pod.uid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pod.holder_pid, signal.SIGKILL)
+                async with asyncio.timeout(EXTRA_KILL_WAIT):
+                    await pod.died.wait()
         if pod.client is not None:
             client, pod.client = pod.client, None
             await client.close()
 
+    async def _stop_containers_directly(self, pod: _Pod, grace_seconds: float) -> None:
+        """SIGTERM each running container's process group, wait up to the grace period."""
+        running = [r.pid for r in pod.records if r.running]
+        for pid in running:
+            if leftovers.is_child(pid, pod.holder_pid, zombie_ok=False):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(
+            leftovers.is_child(pid, pod.holder_pid, zombie_ok=False) for pid in running
+        ):
+            await asyncio.sleep(0.05)
+
     async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
+        directory = safepath.child(self.pods_dir, pod_uid)
         pod = self._pods.get(pod_uid)
         if pod is None:
-            shutil.rmtree(self.pods_dir / pod_uid, ignore_errors=True)
+            await asyncio.to_thread(safepath.remove_tree, self.pods_dir, directory)
             return
-        await self._end_holder(pod, grace_seconds)
+        if pod.terminating is None:
+            pod.terminating = await asyncio.to_thread(
+                rundir.mark_terminating, directory, grace_seconds
+            )
+        grace = rundir.remaining_grace(pod.terminating, grace_seconds, time.time())
+        await self._end_holder(pod, grace)
         del self._pods[pod_uid]
-        await asyncio.to_thread(shutil.rmtree, pod.directory, True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+        await asyncio.to_thread(safepath.remove_tree, self.pods_dir, directory)
 
 
 def _zombie_children() -> list[int]:
