@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVED_JOURNAL = "journal-{}.jsonl"
 _ARCHIVED = re.compile(r"^journal-(\d+)\.jsonl$")
+_CHECKSUMMED = re.compile(rb"(?m)^[0-9a-f]{8} \{")
 
 
 def _number(value: Any) -> float | None:
@@ -100,8 +101,13 @@ def read_journals(directory: Path) -> list[ContainerRecord]:
         except OSError as err:
             log.warning("cannot read journal %s: %s", path, err)
             continue
+        # A file a version-2 holder wrote has checksums: there a bare line is damage, not a
+        # version-1 record (which would otherwise let stray JSON pass as a real exit).
+        checked = _CHECKSUMMED.search(data) is not None
         for number, line in enumerate(data.split(b"\n"), 1):
             try:
+                if checked and line.strip().startswith(b"{"):
+                    raise ValueError("a record without its checksum")
                 entry = protocol.decode_record(line)
             except (ValueError, UnicodeDecodeError) as err:
                 log.warning("skipping damaged journal record %s:%d: %s", path, number, err)
