@@ -210,7 +210,7 @@ def test_a_removal_interrupted_by_an_agent_crash_is_finished(
     app = int(first.log_value(pod, "app", "pid"))
     holder = holder_pid(first, pod)
     path.unlink()
-    wait_for(lambda: (pod_dir(first, pod) / protocol.TERMINATING_NAME).exists(), 5, "intent")
+    wait_for((pod_dir(first, pod) / protocol.TERMINATING_NAME).exists, 5, "removal intent")
     time.sleep(1)
     first.signal(signal.SIGKILL)
     wait_for(lambda: process_gone(holder) and process_gone(app), 10, "holder finished the stop")
