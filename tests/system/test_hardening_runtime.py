@@ -56,7 +56,8 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def pod_dir(agent: Agent, pod: dict[str, Any]) -> Path:
-    return agent.run_dir / "pods" / pod["metadata"]["uid"]
+    uid: str = pod["metadata"]["uid"]
+    return agent.run_dir / "pods" / uid
 
 
 def holder_pid(agent: Agent, pod: dict[str, Any]) -> int:
