@@ -1,0 +1,178 @@
+"""Timing and history a node operator relies on, measured on a real agent with both bounds:
+grace periods, init-before-app order, restart counts across a new holder, CrashLoopBackOff
+phase, and how soon a manifest directory created after start-up is watched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.agentharness import Agent, agent_session, process_gone, wait_for
+from tests.system.conftest import FAST_BACKOFF
+
+pytestmark = pytest.mark.system
+
+SLEEP = "import time; print('ready', flush=True); time.sleep(3600)"
+STUBBORN = (
+    "import signal, time\n"
+    "def term(*_):\n"
+    "    print('term=%f' % time.time(), flush=True)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('ready=yes', flush=True)\n"
+    "while True:\n"
+    "    time.sleep(1)\n"
+)
+TIMED = (
+    "import sys, time\n"
+    "print('start=%f' % time.time(), flush=True)\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "print('end=%f' % time.time(), flush=True)\n"
+)
+
+
+def marker(name: str) -> str:
+    return f"nlt-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def py(name: str, script: str, *args: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": "host", "command": ["python3", "-c", script, *args], **extra}
+
+
+def manifest(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"containers": containers, **spec}}  # fmt: skip
+    return json.dumps(pod)
+
+
+def running(agent: Agent, name: str) -> dict[str, Any]:
+    return wait_for(lambda: agent.running(name), 20, f"{name} running")
+
+
+def process_with(mark: str, exclude: int | None = None) -> int:
+    """The pid of our descendant whose argv holds ``mark`` (other than ``exclude``)."""
+
+    def find() -> int | None:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.pid != exclude and mark in proc.cmdline():
+                    return proc.pid
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+        return None
+
+    return wait_for(find, 20, f"a process with {mark} in its argv")
+
+
+def test_sigkill_comes_after_the_grace_period_not_before_and_not_long_after(agent: Agent) -> None:
+    """Two pods with different grace periods, removed together: any constant grace (the
+    holder's own default, or the API's 30 s) fails one of the two windows."""
+    graces = {"grace3": 3, "grace6": 6}
+    marks = {name: marker(name) for name in graces}
+    for name, grace in graces.items():
+        container = py("app", STUBBORN, marks[name])
+        text = manifest(name, [container], terminationGracePeriodSeconds=grace)
+        agent.write_manifest(f"{name}.json", text)
+    pods = {name: running(agent, name) for name in graces}
+    for pod in pods.values():
+        assert agent.log_value(pod, "app", "ready") == "yes"  # its SIGTERM handler is set
+    pids = {name: process_with(mark) for name, mark in marks.items()}
+
+    removed = time.time()
+    for name in graces:
+        (agent.manifests / f"{name}.json").unlink()
+    ended: dict[str, float] = {}
+
+    def all_ended() -> bool:
+        for name, pid in pids.items():
+            if name not in ended and process_gone(pid):
+                ended[name] = time.time() - removed
+        return len(ended) == len(pids)
+
+    wait_for(all_ended, 20, "both containers killed", interval=0.02)
+    assert 2.5 <= ended["grace3"] <= 4.5, ended
+    assert 5.5 <= ended["grace6"] <= 7.5, ended
+    for name, pod in pods.items():  # SIGTERM first, at once; the SIGKILL only at the end
+        term = float(agent.log_value(pod, "app", "term"))
+        assert 0 <= term - removed < 1.0, (name, term - removed)
+
+
+def test_init_containers_run_one_after_another_before_the_app(agent: Agent) -> None:
+    inits = [py("init0", TIMED, "0.3"), py("init1", TIMED, "0.3")]
+    apps = [py("app", TIMED, "3600"), py("side", TIMED, "3600")]
+    agent.write_manifest("ordered.json", manifest("ordered", apps, initContainers=inits))
+    pod = wait_for(lambda: agent.running("ordered"), 20, "ordered running")
+    times = {
+        (name, key): float(agent.log_value(pod, name, key))
+        for name, key in [("init0", "start"), ("init0", "end"), ("init1", "start"),
+                          ("init1", "end"), ("app", "start"), ("side", "start")]
+    }  # fmt: skip
+    assert times["init0", "end"] <= times["init1", "start"], times
+    assert times["init1", "end"] <= times["app", "start"], times
+    assert times["init1", "end"] <= times["side", "start"], times
+
+
+def test_restart_count_continues_across_new_holders(agent: Agent) -> None:
+    """The holder is SIGKILLed twice; each new holder's run counts on from the archived
+    journals (``journal-<n>.jsonl``), and the count never goes backwards on the way."""
+    mark = marker("app")
+    agent.write_manifest("phoenix.json", manifest("phoenix", [py("app", SLEEP, mark)]))
+    pod = wait_for(lambda: agent.running("phoenix"), 20, "phoenix running")
+    run_dir = agent.run_dir / "pods" / pod["metadata"]["uid"]
+    counts: list[int] = []
+    pid = process_with(mark)
+    for round_ in (1, 2):
+        holder = psutil.Process(pid).ppid()
+        os.kill(holder, signal.SIGKILL)
+
+        def restarted(expected: int = round_) -> dict[str, Any] | None:
+            status = agent.container_status("phoenix", "app")
+            if status is None:
+                return None
+            counts.append(status["restartCount"])
+            done = status["restartCount"] == expected and "running" in status["state"]
+            return status if done else None
+
+        wait_for(restarted, 20, f"restartCount {round_} with a new holder")
+        assert (run_dir / f"journal-{round_ - 1}.jsonl").is_file()
+        new = process_with(mark, exclude=pid)
+        assert process_gone(holder) and psutil.Process(new).ppid() != holder
+        pid = new
+    assert counts == sorted(counts), counts
+    final = agent.container_status("phoenix", "app")
+    assert final is not None and final["restartCount"] == 2
+
+
+def test_crash_looping_pod_with_restart_policy_always_is_running(agent: Agent) -> None:
+    crash = "raise SystemExit(3)"
+    agent.write_manifest("loop.json", manifest("loop", [py("app", crash)]))
+
+    def backing_off() -> dict[str, Any] | None:
+        item = agent.pod("loop")
+        statuses = (item or {}).get("status", {}).get("containerStatuses", [])
+        waiting = statuses[0]["state"].get("waiting", {}) if statuses else {}
+        return item if waiting.get("reason") == "CrashLoopBackOff" else None
+
+    item = wait_for(backing_off, 15, "CrashLoopBackOff")
+    assert item["status"]["phase"] == "Running"
+    assert item["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 3
+
+
+def test_manifest_dir_created_after_start_is_watched_long_before_the_relist() -> None:
+    """With a 60 s relist, a pod in a directory made after start-up must come from inotify."""
+    with agent_session([*FAST_BACKOFF, "--file-check-frequency", "60s"]) as make:
+        agent = make()
+        agent.manifests.rmdir()
+        agent.start()
+        wait_for(lambda: agent.get("/pods")["items"] == [], 5, "an empty first listing")
+        agent.manifests.mkdir()
+        created = time.monotonic()
+        agent.write_manifest("late.json", manifest("late", [py("app", SLEEP)]))
+        wait_for(lambda: agent.pod("late"), 10, "the pod from the late directory")
+        assert time.monotonic() - created < 10
