@@ -1,11 +1,17 @@
 """kubelet's defaulting of a static pod: API defaults, then ``applyDefaults`` (name suffix,
-namespace, node name, UID from a content hash, config annotations, NoExecute toleration)."""
+namespace, node name, UID from a content hash, config annotations, NoExecute toleration).
+
+A null field means "not set", as when the API server decodes a pod: the pod nodelet runs has
+no null left in any object, so code that reads ``env[].value`` or ``volumes[].hostPath`` never
+meets ``None``. (Nulls inside lists are rejected by ``podschema``.)
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import os
 import time
 from typing import Any
 
@@ -36,6 +42,15 @@ def _container_defaults(container: dict[str, Any]) -> None:
         port.setdefault("protocol", "TCP")
 
 
+def drop_nulls(value: Any) -> Any:
+    """A copy of ``value`` without null-valued object fields, at any depth."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
 def api_defaults(pod: dict[str, Any]) -> None:
     """The API server's defaults for the fields nodelet reads (in place)."""
     pod.setdefault("metadata", {})
@@ -49,7 +64,7 @@ def api_defaults(pod: dict[str, Any]) -> None:
     for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
         _container_defaults(container)
     for volume in spec.get("volumes") or []:
-        if "hostPath" in volume:
+        if isinstance(volume.get("hostPath"), dict):
             volume["hostPath"].setdefault("type", "")
 
 
@@ -58,19 +73,29 @@ def content_uid(pod: dict[str, Any], node_name: str, path: str) -> str:
     hasher = hashlib.md5(usedforsecurity=False)
     hasher.update(json.dumps(pod, sort_keys=True, separators=(",", ":")).encode())
     hasher.update(f"host:{node_name}".encode())
-    hasher.update(f"file:{path}".encode())
+    hasher.update(b"file:" + os.fsencode(path))  # the path's bytes, even when not UTF-8
     return hasher.hexdigest()
+
+
+def _hashed_form(raw: dict[str, Any]) -> dict[str, Any]:
+    """What the UID hash covers: the defaulted pod with its nulls, as nodelet always hashed it,
+    so an upgrade keeps the UID (and the running pod) of a manifest that holds a null, like
+    the ``creationTimestamp: null`` kubeadm writes."""
+    pod = copy.deepcopy(raw)
+    pod.pop("status", None)
+    api_defaults(pod)
+    return pod
 
 
 def apply_defaults(
     raw: dict[str, Any], node_name: str, path: str, seen: float | None = None
 ) -> dict[str, Any]:
-    """The pod kubelet would run from ``raw`` (which is left untouched)."""
-    pod = copy.deepcopy(raw)
+    """The pod kubelet would run from a validated ``raw`` (which is left untouched)."""
+    pod: dict[str, Any] = drop_nulls(raw)
     pod.pop("status", None)
     api_defaults(pod)
     meta = pod["metadata"]
-    uid = meta.get("uid") or content_uid(pod, node_name, path)
+    uid = meta.get("uid") or content_uid(_hashed_form(raw), node_name, path)
     meta["uid"] = uid
     meta["name"] = f"{meta['name']}-{node_name.lower()}"
     meta["namespace"] = meta.get("namespace") or "default"

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from nodelet.podschema import join
+
 
 class Policy(enum.Enum):
     STRUCT = "struct"
@@ -150,6 +152,7 @@ def check(manifest: dict[str, Any], error: Callable[[str, str], None]) -> None:
 
 
 def _walk(value: Any, path: str, error: Callable[[str, str], None]) -> None:
+    """Total on any shape: a non-string key is skipped here (podschema reports it)."""
     if isinstance(value, list):
         for index, item in enumerate(value):
             _walk(item, f"{path}[{index}]", error)
@@ -157,7 +160,9 @@ def _walk(value: Any, path: str, error: Callable[[str, str], None]) -> None:
     if not isinstance(value, dict):
         return
     for key, item in value.items():
-        child = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str):
+            continue
+        child = join(path, key)
         pattern = pattern_of(child)
         if _is_default(pattern, item):
             continue
@@ -167,7 +172,7 @@ def _walk(value: Any, path: str, error: Callable[[str, str], None]) -> None:
         elif policy is Policy.UNSUPPORTED:
             error(child, f"unsupported: {child} (not implemented by nodelet yet)")
         elif policy is Policy.FORBIDDEN:
-            what = _WHY_FORBIDDEN.get(str(key), "API objects")
+            what = _WHY_FORBIDDEN.get(key, "API objects")
             error(child, f"static pods may not reference {what}")
 
 

@@ -1,13 +1,23 @@
 """Read one manifest file into a ``StaticPod``, or a ``Rejection`` that says exactly why not.
 
-Never raises for bad input: a binary file, a FIFO, a symlink loop, a 20 MB file, a YAML bomb or
-a pod nodelet cannot run all become clear errors naming the file and the field.
+Never raises: a binary file, a FIFO, a symlink loop, a 20 MB file, a YAML bomb, nesting
+1000 levels deep, a 5000-digit number, a file name that is not UTF-8 or a pod nodelet cannot
+run all become clear errors naming the file and the field; and should a check still fail on
+some input nobody thought of, the file is rejected with ``internal error while checking: ...``
+(traceback in the log) instead of the exception reaching the caller. One file can never stop
+the agent from handling the others.
+
+Messages never echo the file's text: a manifest dir may hold a link to any file, and
+rejections are shown to readers who may not read it. They quote at most a short piece
+(``podschema.QUOTE_LIMIT`` characters) of a value, escaped.
 """
 
 from __future__ import annotations
 
 import errno
 import fnmatch
+import logging
+import math
 import os
 import stat
 from typing import Any
@@ -16,14 +26,46 @@ import yaml
 
 from nodelet import defaults, fieldpolicy, podschema, validation
 from nodelet.model import ManifestError, Rejection, StaticPod
+from nodelet.podschema import describe, show
+
+log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 64
+"""Deepest nesting of lists and objects; a pod needs about 12. Checked while composing, before
+any recursion deep enough to overflow the stack."""
+MAX_INT_CHARS = 100
+"""Longer integer literals are refused before conversion (Python refuses 4300+ digits)."""
+MAX_ERRORS = 50
+"""Errors listed per file; a 10 MiB file of mistakes must not make a 100 MB rejection."""
 IGNORED_PATTERNS = ("*~", "*.swp", "*.swx", "*.swo", "*.bak", "*.tmp", "#*#", "4913", ".*")
 """Dotfiles (kubelet skips those too) and what editors leave beside the file they edit."""
 
 
 def is_ignored(filename: str) -> bool:
     return any(fnmatch.fnmatchcase(filename, pattern) for pattern in IGNORED_PATTERNS)
+
+
+def display_path(path: str) -> str:
+    """``path`` as it may be shown anywhere (JSON, logs, terminals): bytes that are not UTF-8
+    as ``\\xNN`` and control or invisible characters escaped, so it always encodes."""
+    try:
+        text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from the file system
+        text = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _path_problem(path: str) -> str | None:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return "file name is not valid UTF-8; rename the file"
+    if not path.isprintable():
+        return "file name holds control or invisible characters; rename the file"
+    return None
 
 
 class _InvalidError(Exception):
@@ -33,28 +75,90 @@ class _InvalidError(Exception):
         self.field = field
 
 
+def _line(node: Any) -> str:
+    return f"line {node.start_mark.line + 1}"
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader without aliases (no YAML bombs), duplicate keys or timestamp magic."""
+    """SafeLoader for JSON's data model only: no aliases (no YAML bombs), no duplicate or
+    non-scalar keys, no tags beyond null/bool/int/float/str/list/object (no timestamps, sets or
+    binary), integers within 64 bits, finite floats, nesting at most ``MAX_DEPTH`` deep."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
             raise _InvalidError(f"YAML aliases are not allowed (line {event.start_mark.line + 1})")
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _InvalidError(
+                f"nested deeper than {MAX_DEPTH} levels (line {event.start_mark.line + 1})"
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                raise _InvalidError(
+                    f"a key must be a string, got {describe(key)} ({_line(key_node)})"
+                )
             if key in seen:
-                raise _InvalidError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                raise _InvalidError(f"duplicate key {show(key)} ({_line(key_node)})")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        if len(self.construct_scalar(node)) > MAX_INT_CHARS:
+            raise _InvalidError(f"integer out of range: must fit in 64 bits ({_line(node)})")
+        value = super().construct_yaml_int(node)
+        if not podschema.INT64_MIN <= value <= podschema.INT64_MAX:
+            raise _InvalidError(f"integer out of range: must fit in 64 bits ({_line(node)})")
+        return value
+
+    def construct_yaml_float(self, node: Any) -> float:
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise _InvalidError(f"numbers must be finite, got {value} ({_line(node)})")
+        return value
+
+    def construct_yaml_str(self, node: Any) -> str:
+        value = self.construct_scalar(node)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON-style "\ud83d\ude00": join the pairs, refuse the rest
+            try:
+                value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+            except UnicodeDecodeError as err:
+                raise _InvalidError(f"lone surrogate escape in a string ({_line(node)})") from err
+        return value
+
+    def construct_undefined(self, node: Any) -> Any:
+        raise _InvalidError(
+            f"YAML tag {show(node.tag)} is not allowed: a manifest holds JSON types only "
+            f"({_line(node)})"
+        )
 
 
 _StrictLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.yaml_constructors = {
+    "tag:yaml.org,2002:null": yaml.SafeLoader.construct_yaml_null,
+    "tag:yaml.org,2002:bool": yaml.SafeLoader.construct_yaml_bool,
+    "tag:yaml.org,2002:int": _StrictLoader.construct_yaml_int,
+    "tag:yaml.org,2002:float": _StrictLoader.construct_yaml_float,
+    "tag:yaml.org,2002:str": _StrictLoader.construct_yaml_str,
+    "tag:yaml.org,2002:seq": yaml.SafeLoader.construct_yaml_seq,
+    "tag:yaml.org,2002:map": yaml.SafeLoader.construct_yaml_map,
+    None: _StrictLoader.construct_undefined,
 }
 
 
@@ -65,7 +169,7 @@ def _read(path: str) -> bytes:
         if err.errno == errno.ELOOP:
             raise _InvalidError("symlink loop") from err
         if err.errno == errno.ENOENT and os.path.islink(path):
-            raise _InvalidError(f"dangling symlink to {os.readlink(path)}") from err
+            raise _InvalidError(f"dangling symlink to {show(os.readlink(path))}") from err
         raise _InvalidError(f"cannot open: {err.strerror}") from err
     try:
         info = os.fstat(fd)
@@ -81,43 +185,58 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _parse(data: bytes) -> Any:
+def _library_text(text: str, limit: int = 100) -> str:
+    """A YAML library message on one line and short: some quote a tag or handle from the file."""
+    flat = " ".join(text.split())
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _parse(data: bytes) -> dict[str, Any]:
     if b"\0" in data:
         raise _InvalidError("binary file: contains NUL bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise _InvalidError(f"not UTF-8 text (byte {err.start})") from err
-    loader = _StrictLoader(text)
+    documents = []
+    loader: _StrictLoader | None = None
     try:
-        documents = []
+        loader = _StrictLoader(text)  # its reader already refuses control characters
         while loader.check_data():  # type: ignore[no-untyped-call]
             documents.append(loader.get_data())
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise _InvalidError(f"invalid YAML{where}: {err.problem}") from err
+        raise _InvalidError(f"invalid YAML{where}: {_library_text(str(err.problem))}") from err
     except yaml.YAMLError as err:
-        raise _InvalidError(f"invalid YAML: {err}") from err
+        raise _InvalidError(f"invalid YAML: {_library_text(str(err))}") from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     documents = [d for d in documents if d is not None]
     if not documents:
         raise _InvalidError("file is empty")
     if len(documents) > 1:
         raise _InvalidError(f"holds {len(documents)} documents; a manifest holds exactly one Pod")
     document = documents[0]
-    if isinstance(document, list) or (
-        isinstance(document, dict) and str(document.get("kind", "")).endswith("List")
-    ):
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if isinstance(document, list) or (isinstance(kind, str) and kind.endswith("List")):
         raise _InvalidError("holds a list; a manifest holds exactly one Pod")
     if not isinstance(document, dict):
-        raise _InvalidError(f"expected a Pod object, got {type(document).__name__}")
+        raise _InvalidError(f"expected a Pod object, got {describe(document)}")
     return document
 
 
+def _covers(malformed: tuple[str, ...], field: str) -> bool:
+    return any(field == m or field.startswith((f"{m}.", f"{m}[")) for m in malformed)
+
+
 def check_pod(obj: dict[str, Any], node_name: str) -> list[tuple[str, str]]:
-    """Every (field, reason) wrong with a parsed Pod object: structure, policy, semantics."""
+    """Every (field, reason) wrong with a parsed Pod object: structure, policy, semantics.
+
+    Each check is total (it accepts any shape), so the later ones run even after a structural
+    error; only their errors inside an already malformed field are dropped (one per field)."""
     problems: list[tuple[str, str]] = []
 
     def sink(field: str, reason: str) -> None:
@@ -127,31 +246,58 @@ def check_pod(obj: dict[str, Any], node_name: str) -> list[tuple[str, str]]:
     malformed = tuple(field for field, _ in problems)
 
     def later_sink(field: str, reason: str) -> None:
-        if not field.startswith(malformed):  # one error per field: the structural one
+        if not _covers(malformed, field):
             problems.append((field, reason))
 
-    for later_check in (fieldpolicy.check, lambda o, s: validation.validate(o, node_name, s)):
-        try:
-            later_check(obj, later_sink)
-        except (AttributeError, TypeError, KeyError):
-            # Only reachable when a value has the wrong shape, which is already reported.
-            if not malformed:
-                raise
+    fieldpolicy.check(obj, later_sink)
+    validation.validate(obj, node_name, later_sink)
     return problems
 
 
-def load_manifest(path: str, node_name: str, seen: float | None = None) -> StaticPod | Rejection:
+def _rejection(path: str, problems: list[tuple[str, str]], name: Any = None) -> Rejection:
+    if len(problems) > MAX_ERRORS:
+        extra = len(problems) - MAX_ERRORS
+        problems = [*problems[:MAX_ERRORS], ("", f"... and {extra} more errors")]
+    errors = tuple(ManifestError(path, field, reason) for field, reason in problems)
+    return Rejection(path, errors, name if validation.dns_subdomain(name) is None else None)
+
+
+def _exception_text(err: BaseException) -> str:
     try:
-        obj = _parse(_read(path))
+        detail = _library_text(str(err))
+    except Exception:  # an exception whose message cannot even be made
+        detail = "(no message)"
+    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+
+
+def internal_error(path: str, err: BaseException) -> Rejection:
+    """The rejection for a file whose checking raised: a bug, reported as that file's error."""
+    reason = f"internal error while checking: {_exception_text(err)}"
+    return Rejection(path, (ManifestError(path, "", reason),))
+
+
+def load_manifest(path: str, node_name: str, seen: float | None = None) -> StaticPod | Rejection:
+    """The pod in the file at ``path``, or why not. Never raises (see the module docstring)."""
+    shown = display_path(path)
+    try:
+        return _load(path, shown, node_name, seen)
+    except Exception as err:
+        log.error("internal error while checking %s", shown, exc_info=True)
+        return internal_error(shown, err)
+
+
+def _load(path: str, shown: str, node_name: str, seen: float | None) -> StaticPod | Rejection:
+    if why := _path_problem(path):
+        return _rejection(shown, [("", why)])
+    try:
+        raw = _parse(_read(path))
     except _InvalidError as err:
-        return Rejection(path, (ManifestError(path, err.field, err.reason),))
-    name = (
-        (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
-    )
+        return _rejection(shown, [(err.field, err.reason)])
+    obj = defaults.drop_nulls(raw)
+    name = obj["metadata"].get("name") if isinstance(obj.get("metadata"), dict) else None
     problems = check_pod(obj, node_name)
     if problems:
-        errors = tuple(ManifestError(path, field, reason) for field, reason in problems)
-        return Rejection(path, errors, name if isinstance(name, str) else None)
-    pod = defaults.apply_defaults(obj, node_name, path, seen)
+        return _rejection(shown, problems, name)
+    pod = defaults.apply_defaults(raw, node_name, path, seen)
     meta = pod["metadata"]
     return StaticPod(meta["uid"], meta["namespace"], meta["name"], path, pod)

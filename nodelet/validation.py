@@ -1,38 +1,82 @@
 """The semantic rules kubelet and the API server apply to a static pod (names, references,
-ranges), collected all at once so the operator fixes a manifest in one go."""
+ranges), collected all at once so the operator fixes a manifest in one go.
+
+Names matter beyond style here: the pod UID names the pod's directories under the run and
+state dirs, and namespace, pod, container and volume names name log and volume directories. So
+every one is checked whatever its YAML type (a number or a list is an error, never skipped),
+and a UID must be a plain token that cannot step out of a directory.
+
+Every function is total: it runs after the structural check (``podschema``) and may be handed
+a value of any shape that check already reported; it skips such a value rather than raising.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from nodelet.podschema import show
 
 ErrorSink = Callable[[str, str], None]
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+POD_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+"""UUIDs and kubelet's md5 hex fit; '/', '.', '_', NUL and whitespace never do, so a UID is
+always a single, plain directory name (``_`` separates the parts of a pod's log dir name)."""
 FIELD_REFS = re.compile(
-    r"^(metadata\.(name|namespace|uid)|spec\.(nodeName|serviceAccountName)"
-    r"|status\.(podIP|podIPs|hostIP|hostIPs)|metadata\.(labels|annotations)\['[^']+'\])$"
+    r"metadata\.(name|namespace|uid)|spec\.(nodeName|serviceAccountName)"
+    r"|status\.(podIP|podIPs|hostIP|hostIPs)|metadata\.(labels|annotations)\['[^']+'\]"
 )
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default")
 HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
                    "CharDevice", "BlockDevice")  # fmt: skip
+PROTOCOLS = ("TCP", "UDP", "SCTP")
 MAX_ID = 2**31 - 1
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 
 
+# -- shape helpers: a value of the wrong shape was reported by podschema; skip it here --------
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(value: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, item) of every object in a list; anything else yields nothing."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                yield index, item
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _has_backstep(path: str) -> bool:
+    """kubelet's ``validatePathNoBacksteps``: any ``..`` element, wherever it is."""
+    return ".." in path.split("/")
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
 def dns_label(value: Any) -> str | None:
     """Why ``value`` is not a DNS-1123 label, or None."""
-    if not isinstance(value, str) or not value:
-        return "must be a non-empty string"
+    if not isinstance(value, str):
+        return f"must be a string, got {show(value)}"
+    if not value:
+        return "must not be empty"
     if len(value) > 63:
         return f"must be no more than 63 characters (is {len(value)})"
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         return (
             "must be a lowercase RFC 1123 label: lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
@@ -41,11 +85,13 @@ def dns_label(value: Any) -> str | None:
 
 
 def dns_subdomain(value: Any) -> str | None:
-    if not isinstance(value, str) or not value:
-        return "must be a non-empty string"
+    if not isinstance(value, str):
+        return f"must be a string, got {show(value)}"
+    if not value:
+        return "must not be empty"
     if len(value) > 253:
         return f"must be no more than 253 characters (is {len(value)})"
-    if not DNS1123_SUBDOMAIN.match(value):
+    if not DNS1123_SUBDOMAIN.fullmatch(value):
         return (
             "must be a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.', "
             "starting and ending with a letter or digit"
@@ -53,13 +99,29 @@ def dns_subdomain(value: Any) -> str | None:
     return None
 
 
-def validate(pod: dict[str, Any], node_name: str, error: ErrorSink) -> None:
-    """Report every semantic problem of a structurally valid Pod object."""
+def pod_uid(value: Any) -> str | None:
+    """Why ``value`` cannot be a pod UID (it names directories), or None."""
+    if not isinstance(value, str) or not POD_UID.fullmatch(value):
+        return (
+            f"{show(value)} is not a valid UID: 1 to 128 letters, digits and '-', starting "
+            "with a letter or digit (a UUID); it names the pod's directories"
+        )
+    return None
+
+
+# -- the pod ----------------------------------------------------------------------------------
+
+
+def validate(pod: Any, node_name: str, error: ErrorSink) -> None:
+    """Report every semantic problem of a Pod object (of any shape)."""
+    if not isinstance(pod, dict):
+        error("", "expected a Pod object")
+        return
     if pod.get("apiVersion") != "v1":
-        error("apiVersion", f'must be "v1", got {pod.get("apiVersion")!r}')
+        error("apiVersion", f'must be "v1", got {show(pod.get("apiVersion"))}')
     if pod.get("kind") != "Pod":
-        error("kind", f'must be "Pod", got {pod.get("kind")!r}')
-    _metadata(pod.get("metadata") or {}, node_name, error)
+        error("kind", f'must be "Pod", got {show(pod.get("kind"))}')
+    _metadata(_obj(pod.get("metadata")), node_name, error)
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         error("spec", "required")
@@ -69,54 +131,66 @@ def validate(pod: dict[str, Any], node_name: str, error: ErrorSink) -> None:
 
 def _metadata(meta: dict[str, Any], node_name: str, error: ErrorSink) -> None:
     name = meta.get("name")
-    if not name:
+    if name is None or name == "":
         error("metadata.name", "required (static pods are named by their manifest)")
     elif why := dns_subdomain(name):
-        error("metadata.name", f"{name!r} {why}")
+        error("metadata.name", f"{show(name)} {why}" if isinstance(name, str) else why)
     elif why := dns_subdomain(f"{name}-{node_name}"):
-        error("metadata.name", f"{name}-{node_name!r} (with the node name) {why}")
+        error("metadata.name", f"{show(f'{name}-{node_name}')} (with the node name) {why}")
     namespace = meta.get("namespace")
     if namespace is not None and (why := dns_label(namespace)):
-        error("metadata.namespace", f"{namespace!r} {why}")
-    for key, value in (meta.get("labels") or {}).items():
-        _qualified_key(f"metadata.labels[{key!r}]", key, error)
-        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
-            error(f"metadata.labels[{key!r}]", f"invalid label value {value!r}")
-    annotations = meta.get("annotations") or {}
+        error("metadata.namespace", f"{show(namespace)} {why}")
+    uid = meta.get("uid")
+    if uid is not None and uid != "" and (why := pod_uid(uid)):
+        error("metadata.uid", why)
+    labels = meta.get("labels")
+    for key, value in _obj(labels).items():
+        where = f"metadata.labels[{show(key)}]"
+        if not isinstance(key, str):
+            error(where, "label keys must be strings")
+            continue
+        _qualified_key(where, key, error)
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.fullmatch(value):
+            error(where, f"invalid label value {show(value)}")
+    annotations = _obj(meta.get("annotations"))
     for key in annotations:
-        _qualified_key(f"metadata.annotations[{key!r}]", key, error)
-    size = sum(len(k) + len(str(v)) for k, v in annotations.items())
+        if isinstance(key, str):
+            _qualified_key(f"metadata.annotations[{show(key)}]", key, error)
+    size = sum(
+        len(k) + len(v) for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)
+    )
     if size > MAX_ANNOTATIONS_BYTES:
         error("metadata.annotations", f"total size {size} exceeds 256 KiB")
 
 
 def _qualified_key(path: str, key: str, error: ErrorSink) -> None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and dns_subdomain(prefix):
-        error(path, f"key prefix {prefix!r} must be a DNS subdomain")
-    if not name or len(name) > 63 or not QUALIFIED_NAME.match(name):
-        error(path, f"invalid key {key!r}")
+    prefix, slash, name = key.rpartition("/")
+    if slash and (why := dns_subdomain(prefix)):
+        error(path, f"key prefix {show(prefix)} {why}")
+    if not name or len(name) > 63 or not QUALIFIED_NAME.fullmatch(name):
+        error(path, f"invalid key {show(key)}")
 
 
 def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
-    containers = spec.get("containers") or []
-    if not containers:
+    containers = spec.get("containers")
+    if containers is None or containers == []:
         error("spec.containers", "at least one container is required")
-    volumes = _volumes(spec.get("volumes") or [], error)
+    volumes = _volumes(spec.get("volumes"), error)
     seen: dict[str, str] = {}
+    host_network = spec.get("hostNetwork") is True
     for kind in ("initContainers", "containers"):
-        for index, container in enumerate(spec.get(kind) or []):
+        for index, container in _objects(spec.get(kind)):
             path = f"spec.{kind}[{index}]"
-            _container(container, path, volumes, bool(spec.get("hostNetwork")), error)
+            _container(container, path, volumes, host_network, error)
             name = container.get("name")
             if isinstance(name, str) and name in seen:
-                error(f"{path}.name", f"duplicate container name {name!r} (also {seen[name]})")
+                error(f"{path}.name", f"duplicate container name {show(name)} (also {seen[name]})")
             elif isinstance(name, str):
                 seen[name] = path
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in RESTART_POLICIES:
         error("spec.restartPolicy", f"must be one of {', '.join(RESTART_POLICIES)}")
-    grace = spec.get("terminationGracePeriodSeconds")
+    grace = _int(spec.get("terminationGracePeriodSeconds"))
     if grace is not None and grace < 0:
         error("spec.terminationGracePeriodSeconds", "must be >= 0")
     dns = spec.get("dnsPolicy")
@@ -125,41 +199,47 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     for key in ("hostname", "subdomain"):
         if spec.get(key) is not None and (why := dns_label(spec[key])):
             error(f"spec.{key}", why)
-    os_name = (spec.get("os") or {}).get("name")
+    os_name = _obj(spec.get("os")).get("name")
     if os_name not in (None, "linux"):
-        error("spec.os.name", f"nodelet runs Linux pods only, got {os_name!r}")
-    _ids(spec.get("securityContext") or {}, "spec.securityContext", error)
-    groups = (spec.get("securityContext") or {}).get("supplementalGroups") or []
-    for index, group in enumerate(groups):
-        if not 0 <= group <= MAX_ID:
+        error("spec.os.name", f"nodelet runs Linux pods only, got {show(os_name)}")
+    context = _obj(spec.get("securityContext"))
+    _ids(context, "spec.securityContext", error)
+    groups = context.get("supplementalGroups")
+    for index, group in enumerate(groups if isinstance(groups, list) else []):
+        number = _int(group)
+        if number is not None and not 0 <= number <= MAX_ID:
             error(f"spec.securityContext.supplementalGroups[{index}]", "must be 0..2147483647")
 
 
 def _ids(context: dict[str, Any], path: str, error: ErrorSink) -> None:
     for key in ("runAsUser", "runAsGroup"):
-        value = context.get(key)
+        value = _int(context.get(key))
         if value is not None and not 0 <= value <= MAX_ID:
             error(f"{path}.{key}", "must be between 0 and 2147483647")
 
 
-def _volumes(volumes: list[dict[str, Any]], error: ErrorSink) -> set[str]:
+def _volumes(volumes: Any, error: ErrorSink) -> set[str]:
     names: set[str] = set()
-    for index, volume in enumerate(volumes):
+    for index, volume in _objects(volumes):
         path = f"spec.volumes[{index}]"
         name = volume.get("name")
         if why := dns_label(name):
             error(f"{path}.name", why)
         elif name in names:
-            error(f"{path}.name", f"duplicate volume name {name!r}")
-        names.add(str(name))
-        sources = [k for k in volume if k != "name"]
+            error(f"{path}.name", f"duplicate volume name {show(name)}")
+        elif isinstance(name, str):
+            names.add(name)
+        sources = [k for k, v in volume.items() if k != "name" and v is not None]
         if len(sources) != 1:
-            error(path, f"exactly one volume source is required, got {sources or 'none'}")
+            got = ", ".join(show(s) for s in sources[:4]) if sources else "none"
+            error(path, f"exactly one volume source is required, got {got}")
         host_path = volume.get("hostPath")
         if isinstance(host_path, dict):
             target = host_path.get("path")
             if not isinstance(target, str) or not target.startswith("/"):
                 error(f"{path}.hostPath.path", "must be an absolute path")
+            elif _has_backstep(target):
+                error(f"{path}.hostPath.path", "must not contain '..'")
             if host_path.get("type", "") not in HOST_PATH_TYPES:
                 error(f"{path}.hostPath.type", f"must be one of {', '.join(HOST_PATH_TYPES[1:])}")
     return names
@@ -170,45 +250,88 @@ def _container(
 ) -> None:
     if why := dns_label(container.get("name")):
         error(f"{path}.name", why)
-    if not container.get("image"):
+    image = container.get("image")
+    if image is None or image == "":
         error(f"{path}.image", "required")
-    _ids(container.get("securityContext") or {}, f"{path}.securityContext", error)
-    for index, var in enumerate(container.get("env") or []):
+    working_dir = container.get("workingDir")
+    if isinstance(working_dir, str) and working_dir:
+        if not working_dir.startswith("/"):
+            error(f"{path}.workingDir", "must be an absolute path (the runtime needs one)")
+        elif _has_backstep(working_dir):
+            error(f"{path}.workingDir", "must not contain '..'")
+    _ids(_obj(container.get("securityContext")), f"{path}.securityContext", error)
+    _env(container.get("env"), path, error)
+    _ports(container.get("ports"), path, host_network, error)
+    _mounts(container.get("volumeMounts"), path, volumes, error)
+
+
+def _env(env: Any, path: str, error: ErrorSink) -> None:
+    for index, var in _objects(env):
+        where = f"{path}.env[{index}]"
         name = var.get("name")
-        if not name or "=" in name or not name.isprintable():
-            error(f"{path}.env[{index}].name", f"invalid environment variable name {name!r}")
-        ref = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-        if ref is not None and not FIELD_REFS.match(ref):
-            where = f"{path}.env[{index}].valueFrom.fieldRef.fieldPath"
-            error(where, f"unsupported field {ref!r}")
-    port_names: set[str] = set()
-    for index, port in enumerate(container.get("ports") or []):
+        if not isinstance(name, str) or not name or "=" in name or not name.isprintable():
+            error(f"{where}.name", f"invalid environment variable name {show(name)}")
+        value_from = var.get("valueFrom")
+        if not isinstance(value_from, dict):
+            continue  # absent, or reported by podschema
+        if var.get("value") not in (None, ""):
+            error(f"{where}.valueFrom", "may not be set when value is not empty")
+        sources = [k for k, v in value_from.items() if v is not None]
+        if len(sources) > 1:
+            error(f"{where}.valueFrom", "may not have more than one source")
+        elif "fieldRef" not in sources:
+            if not any(value_from[k] for k in sources):  # a set one is reported by fieldpolicy
+                error(f"{where}.valueFrom", "must specify fieldRef (the source static pods use)")
+            continue
+        field_ref = value_from.get("fieldRef")
+        if not isinstance(field_ref, dict):
+            continue
+        ref = field_ref.get("fieldPath")
+        if not isinstance(ref, str) or not ref:
+            error(f"{where}.valueFrom.fieldRef.fieldPath", "required")
+        elif not FIELD_REFS.fullmatch(ref):
+            error(f"{where}.valueFrom.fieldRef.fieldPath", f"unsupported field {show(ref)}")
+
+
+def _ports(ports: Any, path: str, host_network: bool, error: ErrorSink) -> None:
+    names: set[str] = set()
+    for index, port in _objects(ports):
         where = f"{path}.ports[{index}]"
+        if port.get("containerPort") is None:
+            error(f"{where}.containerPort", "required")
         for key in ("containerPort", "hostPort"):
-            number = port.get(key)
+            number = _int(port.get(key))
             if number is not None and not 1 <= number <= 65535:
                 error(f"{where}.{key}", "must be between 1 and 65535")
         if port.get("hostPort") and not host_network:
             error(f"{where}.hostPort", "unsupported: hostPort without hostNetwork (pod network)")
-        if port.get("protocol", "TCP") not in ("TCP", "UDP", "SCTP"):
+        protocol = port.get("protocol")
+        if protocol is not None and protocol not in PROTOCOLS:
             error(f"{where}.protocol", "must be TCP, UDP or SCTP")
         name = port.get("name")
-        if name is not None:
-            if not IANA_SVC_NAME.match(name) or len(name) > 15:
-                error(f"{where}.name", f"invalid port name {name!r}")
-            elif name in port_names:
-                error(f"{where}.name", f"duplicate port name {name!r}")
-            port_names.add(name)
-    mount_paths: set[str] = set()
-    for index, mount in enumerate(container.get("volumeMounts") or []):
+        if name is None:
+            continue
+        if not isinstance(name, str) or len(name) > 15 or not IANA_SVC_NAME.fullmatch(name):
+            error(f"{where}.name", f"invalid port name {show(name)}")
+        elif name in names:
+            error(f"{where}.name", f"duplicate port name {show(name)}")
+        else:
+            names.add(name)
+
+
+def _mounts(mounts: Any, path: str, volumes: set[str], error: ErrorSink) -> None:
+    targets: set[str] = set()
+    for index, mount in _objects(mounts):
         where = f"{path}.volumeMounts[{index}]"
-        if mount.get("name") not in volumes:
-            error(f"{where}.name", f"volume {mount.get('name')!r} is not defined in spec.volumes")
+        name = mount.get("name")
+        if not isinstance(name, str) or name not in volumes:
+            error(f"{where}.name", f"volume {show(name)} is not defined in spec.volumes")
         target = mount.get("mountPath")
         if not isinstance(target, str) or not target.startswith("/"):
             error(f"{where}.mountPath", "must be an absolute path")
-        elif ".." in target.split("/"):
+        elif _has_backstep(target):
             error(f"{where}.mountPath", "must not contain '..'")
-        elif target in mount_paths:
-            error(f"{where}.mountPath", f"{target} is mounted twice")
-        mount_paths.add(str(target))
+        elif target in targets:
+            error(f"{where}.mountPath", f"{show(target)} is mounted twice")
+        else:
+            targets.add(target)

@@ -76,6 +76,103 @@ def _meta(**metadata: Any) -> bytes:
     return encoded(obj)
 
 
+def yaml_pod(
+    metadata: str = "{name: bad}",
+    spec: str = "{containers: [{name: app, image: host}]}",
+    extra: str = "",
+) -> bytes:
+    """A pod written as YAML, for shapes JSON cannot say (non-string keys, tags)."""
+    return f"apiVersion: v1\nkind: Pod\nmetadata: {metadata}\nspec: {spec}\n{extra}".encode()
+
+
+HOSTILE: list[BadManifest] = [
+    # Shapes that used to raise out of load_manifest (and so kill the agent on every start).
+    BadManifest("deep-brackets.yaml", "nested deeper than 64 levels", b"[" * 1000 + b"]" * 1000),
+    BadManifest("deep-in-pod.yaml", "nested deeper than 64 levels",
+                yaml_pod(extra="status: " + "{a: " * 500 + "1" + "}" * 500)),
+    BadManifest("containers-null-item.yaml", "spec.containers[0]: null is not allowed in a list",
+                encoded(pod(containers=[None]))),
+    BadManifest("volumes-null-item.yaml", "spec.volumes[0]: null is not allowed in a list",
+                encoded(pod(volumes=[None]))),
+    BadManifest("hostpath-null.yaml", "spec.volumes[0]: exactly one volume source is required, got none",
+                encoded(pod(volumes=[{"name": "v", "hostPath": None}]))),
+    BadManifest("supplemental-groups-null.yaml",
+                "spec.securityContext.supplementalGroups[0]: null is not allowed in a list",
+                encoded(pod(securityContext={"supplementalGroups": [None]}))),
+    BadManifest("int-label-key.yaml", "metadata.labels[1]: keys must be strings, got an integer",
+                yaml_pod(metadata="{name: bad, labels: {1: a}}")),
+    BadManifest("bool-field-key.yaml", "spec.true: field names must be strings, got a boolean",
+                yaml_pod(spec="{containers: [{name: app, image: host}], true: 1}")),
+    BadManifest("list-key.yaml", "a key must be a string, got a list (line 5)",
+                yaml_pod(extra="? [a, b]\n: c\n")),
+    BadManifest("object-key.yaml", "a key must be a string, got an object",
+                yaml_pod(metadata="{name: bad, {a: b}: c}")),
+    BadManifest("huge-int.yaml", "integer out of range: must fit in 64 bits (line 4)",
+                yaml_pod(spec="{terminationGracePeriodSeconds: " + "9" * 5000 + ", containers: []}")),
+    BadManifest("huge-hex-int.yaml", "integer out of range: must fit in 64 bits",
+                yaml_pod(spec="{terminationGracePeriodSeconds: 0x" + "f" * 40 + ", containers: []}")),
+    BadManifest("infinite-number.yaml", "numbers must be finite, got inf",
+                yaml_pod(spec="{containers: [{name: app, image: host}], priority: .inf}")),
+    BadManifest("binary-tag.yaml", "YAML tag 'tag:yaml.org,2002:binary' is not allowed",
+                yaml_pod(metadata="{name: !!binary aGVsbG8=}")),
+    BadManifest("lone-surrogate.yaml", "lone surrogate escape in a string",
+                b'{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad\\ud800"}}'),
+    BadManifest("command-null-item.yaml", "spec.containers[0].command[0]: null is not allowed in a list",
+                with_container(command=[None])),
+    BadManifest("field-ref-null.yaml", "spec.containers[0].env[0].valueFrom: must specify fieldRef",
+                with_container(env=[{"name": "A", "valueFrom": {"fieldRef": None}}])),
+    BadManifest("field-path-missing.yaml", "env[0].valueFrom.fieldRef.fieldPath: required",
+                with_container(env=[{"name": "A", "valueFrom": {"fieldRef": {}}}])),
+    BadManifest("value-and-value-from.yaml", "env[0].valueFrom: may not be set when value is not empty",
+                with_container(env=[{"name": "A", "value": "x",
+                                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])),
+    BadManifest("nul-in-host-path.yaml", "spec.volumes[0].hostPath.path: must not contain NUL characters",
+                encoded(pod(volumes=[{"name": "v", "hostPath": {"path": "/tmp/a\0b"}}]))),
+    BadManifest("nul-in-command.yaml", "spec.containers[0].command[0]: must not contain NUL",
+                with_container(command=["/bin/true\0x"])),
+    BadManifest("env-name-int.yaml", "spec.containers[0].env[0].name: expected a string, got an integer",
+                with_container(env=[{"name": 5, "value": "x"}])),
+    # Names that reach paths: the UID names directories under the run and state dirs.
+    BadManifest("uid-traversal.yaml", "metadata.uid: '../../victim' is not a valid UID",
+                _meta(name="bad", uid="../../victim")),
+    BadManifest("uid-absolute.yaml", "metadata.uid: '/etc' is not a valid UID", _meta(name="bad", uid="/etc")),
+    BadManifest("uid-dotdot.yaml", "metadata.uid: '..' is not a valid UID", _meta(name="bad", uid="..")),
+    BadManifest("uid-newline.yaml", "metadata.uid: 'abc\\n' is not a valid UID", _meta(name="bad", uid="abc\n")),
+    BadManifest("uid-int.yaml", "metadata.uid: expected a string, got an integer", _meta(name="bad", uid=7)),
+    BadManifest("name-newline.yaml", "metadata.name: 'bad\\n' must be a lowercase RFC 1123 subdomain",
+                _meta(name="bad\n")),
+    BadManifest("namespace-int.yaml", "metadata.namespace: expected a string, got an integer",
+                _meta(name="bad", namespace=5)),
+    BadManifest("namespace-traversal.yaml", "metadata.namespace: '..' must be a lowercase RFC 1123 label",
+                _meta(name="bad", namespace="..")),
+    BadManifest("container-name-list.yaml", "spec.containers[0].name: expected a string, got a list",
+                with_container(name=["app"])),
+    BadManifest("volume-name-int.yaml", "spec.volumes[0].name: expected a string, got an integer",
+                encoded(pod(volumes=[{"name": 5, "emptyDir": {}}]))),
+    BadManifest("volume-name-traversal.yaml", "spec.volumes[0].name: must be a lowercase RFC 1123 label",
+                encoded(pod(volumes=[{"name": "../x", "emptyDir": {}}]))),
+    # Paths that step out (kubelet's validatePathNoBacksteps; runc wants an absolute cwd).
+    BadManifest("host-path-backstep.yaml", "spec.volumes[0].hostPath.path: must not contain '..'",
+                encoded(pod(volumes=[{"name": "v", "hostPath": {"path": "/var/../etc"}}]))),
+    BadManifest("working-dir-relative.yaml", "spec.containers[0].workingDir: must be an absolute path",
+                with_container(workingDir="tmp/x")),
+    BadManifest("working-dir-backstep.yaml", "spec.containers[0].workingDir: must not contain '..'",
+                with_container(workingDir="/tmp/../x/sub")),
+    # A file full of mistakes gets a bounded rejection.
+    BadManifest("many-errors.yaml", "... and 450 more errors",
+                encoded({**pod(), **{f"unknown{i}": 1 for i in range(500)}})),
+]  # fmt: skip
+"""Files that crashed the agent, or reached paths, before issue 21; each is rejected alone."""
+
+BAD_FILE_NAMES: list[BadManifest] = [
+    BadManifest("name-not-utf8-\udcff.yaml", "file name is not valid UTF-8", encoded(pod())),
+    BadManifest("name-with-newline\n.yaml", "file name holds control or invisible characters",
+                encoded(pod())),
+]  # fmt: skip
+"""A valid pod under a name that cannot be shown as is; kept apart since the path a rejection
+shows is escaped (``manifests.display_path``), not the file's own name."""
+
+
 BAD_MANIFESTS: list[BadManifest] = [
     BadManifest("bad-yaml.yaml", "invalid YAML at line", b"apiVersion: v1\nkind: Pod\nspec: [\n"),
     BadManifest("wrong-kind.yaml", 'kind: must be "Pod"', encoded({**pod(), "kind": "Service"})),
@@ -100,7 +197,7 @@ BAD_MANIFESTS: list[BadManifest] = [
     BadManifest("comments-only.yaml", "file is empty", b"# nothing here\n---\n"),
     BadManifest("two-docs.yaml", "holds 2 documents", encoded(pod()) + b"\n---\n" + encoded(pod())),
     BadManifest("a-list.yaml", "holds a list", encoded([pod()])),
-    BadManifest("scalar.yaml", "expected a Pod object, got str", b"just a string\n"),
+    BadManifest("scalar.yaml", "expected a Pod object, got a string", b"just a string\n"),
     BadManifest("typo.yaml", 'spec.containers[0].comand: unknown field (did you mean "command"?)',
                 with_container(comand=["x"])),
     BadManifest("wrong-type.yaml", "spec.containers: expected a list, got a string",
@@ -136,4 +233,5 @@ BAD_MANIFESTS: list[BadManifest] = [
                 b"apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {}\nspec: {}\n"),
     BadManifest("limits.yaml", "unsupported: spec.containers[0].resources.limits",
                 with_container(resources={"limits": {"cpu": "1"}})),
+    *HOSTILE,
 ]  # fmt: skip
