@@ -24,6 +24,8 @@ SUBDOMAIN_RULE = (
 ID_RULE = "must be between 0 and 2147483647"
 PORT_RULE = "must be between 1 and 65535"
 C = "spec.containers[0]"
+LONG_A = "'" + "a" * 64 + "'"
+"""How a long value is quoted in a message: its first 64 characters."""
 
 
 def valid_pod() -> dict[str, Any]:
@@ -139,7 +141,12 @@ def test_the_valid_pod_has_no_problem() -> None:
         (
             "metadata.name",
             "a" * 254,
-            [("metadata.name", f"'{'a' * 254}' must be no more than 253 characters (is 254)")],
+            [
+                (
+                    "metadata.name",
+                    f"{LONG_A}... (254 characters) must be no more than 253 characters (is 254)",
+                )
+            ],
         ),
         ("metadata.namespace", "Kube", [("metadata.namespace", f"'Kube' {LABEL_RULE}")]),
         ("metadata.namespace", "", [("metadata.namespace", "'' must be a non-empty string")]),
@@ -220,11 +227,12 @@ def test_annotations_up_to_256_kib_and_keys_up_to_63_characters_are_fine() -> No
 
 def test_the_name_with_the_node_suffix_must_be_valid_too() -> None:
     """kubelet appends ``-<node>``: a valid name can become an invalid one."""
-    name = "a" * 250
-    assert problems(changed("metadata.name", name), node="nodes") == [
-        ("metadata.name", f"'{name}-nodes' (with the node name) must be no more than 253 "
-                          "characters (is 256)"),
+    assert problems(changed("metadata.name", "a" * 250), node="nodes") == [
+        ("metadata.name", f"{LONG_A}... (256 characters) (with the node name) must be no more "
+                          "than 253 characters (is 256)"),
     ]  # fmt: skip
+    short = problems(changed("metadata.name", "web"), node="Node_1")
+    assert short == [("metadata.name", f"'web-Node_1' (with the node name) {SUBDOMAIN_RULE}")]
     assert problems(changed("metadata.name", "a" * 247), node="nodes") == []  # 253 exactly
 
 
