@@ -66,12 +66,12 @@ _POD: dict[str, Policy] = {
     "spec.shareProcessNamespace": OK, "spec.hostname": OK, "spec.subdomain": OK,
     "spec.nodeName": OK, "spec.dnsPolicy": OK, "spec.enableServiceLinks": OK,
     "spec.automountServiceAccountToken": OK, "spec.readinessGates": OK, "spec.os": OK,
-    "spec.hostUsers": OK,
+    "spec.hostUsers": NO,  # false asks for a user namespace; true (the default) counts as unset
     "spec.securityContext": S, "spec.securityContext.runAsUser": OK,
     "spec.securityContext.runAsGroup": OK, "spec.securityContext.runAsNonRoot": OK,
     "spec.securityContext.supplementalGroups": OK,
     "spec.volumes": S, "spec.volumes[]": S, "spec.volumes[].name": OK,
-    "spec.volumes[].emptyDir": S, "spec.volumes[].emptyDir.medium": OK,
+    "spec.volumes[].emptyDir": S, "spec.volumes[].emptyDir.medium": NO,  # "" = on disk
     "spec.volumes[].hostPath": OK,
     "spec.volumes[].secret": FORBID, "spec.volumes[].configMap": FORBID,
     "spec.volumes[].persistentVolumeClaim": FORBID, "spec.volumes[].projected": FORBID,

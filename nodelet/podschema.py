@@ -76,7 +76,7 @@ def show(value: Any) -> str:
             return repr(value)
         return f"{value[:QUOTE_LIMIT]!r}... ({len(value)} characters)"
     if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
+        return repr(value)
     if isinstance(value, int):
         return str(value) if abs(value) < 10**20 else "a very large integer"
     if isinstance(value, float):
@@ -84,11 +84,16 @@ def show(value: Any) -> str:
     return describe(value)
 
 
+def plain(value: Any) -> str:
+    """``value`` unquoted when it is a short printable string (a path), else ``show(value)``."""
+    if isinstance(value, str) and 0 < len(value) <= QUOTE_LIMIT and value.isprintable():
+        return value
+    return show(value)
+
+
 def field_name(key: Any) -> str:
     """A mapping key as it appears in a field path: as is when short and plain, else quoted."""
-    if isinstance(key, str) and 0 < len(key) <= QUOTE_LIMIT and key.isprintable():
-        return key
-    return show(key)
+    return plain(key)
 
 
 def join(path: str, key: Any) -> str:

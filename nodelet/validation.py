@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nodelet.podschema import show
+from nodelet.podschema import plain, show
 
 ErrorSink = Callable[[str, str], None]
 
@@ -70,10 +70,8 @@ def _has_backstep(path: str) -> bool:
 
 def dns_label(value: Any) -> str | None:
     """Why ``value`` is not a DNS-1123 label, or None."""
-    if not isinstance(value, str):
-        return f"must be a string, got {show(value)}"
-    if not value:
-        return "must not be empty"
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
     if len(value) > 63:
         return f"must be no more than 63 characters (is {len(value)})"
     if not DNS1123_LABEL.fullmatch(value):
@@ -85,10 +83,8 @@ def dns_label(value: Any) -> str | None:
 
 
 def dns_subdomain(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, got {show(value)}"
-    if not value:
-        return "must not be empty"
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
     if len(value) > 253:
         return f"must be no more than 253 characters (is {len(value)})"
     if not DNS1123_SUBDOMAIN.fullmatch(value):
@@ -165,8 +161,8 @@ def _metadata(meta: dict[str, Any], node_name: str, error: ErrorSink) -> None:
 
 def _qualified_key(path: str, key: str, error: ErrorSink) -> None:
     prefix, slash, name = key.rpartition("/")
-    if slash and (why := dns_subdomain(prefix)):
-        error(path, f"key prefix {show(prefix)} {why}")
+    if slash and dns_subdomain(prefix):
+        error(path, f"key prefix {show(prefix)} must be a DNS subdomain")
     if not name or len(name) > 63 or not QUALIFIED_NAME.fullmatch(name):
         error(path, f"invalid key {show(key)}")
 
@@ -199,6 +195,10 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     for key in ("hostname", "subdomain"):
         if spec.get(key) is not None and (why := dns_label(spec[key])):
             error(f"spec.{key}", why)
+    if spec.get("hostPID") is True and spec.get("shareProcessNamespace") is True:
+        error(
+            "spec.shareProcessNamespace", "ShareProcessNamespace and HostPID cannot both be enabled"
+        )
     os_name = _obj(spec.get("os")).get("name")
     if os_name not in (None, "linux"):
         error("spec.os.name", f"nodelet runs Linux pods only, got {show(os_name)}")
@@ -231,7 +231,7 @@ def _volumes(volumes: Any, error: ErrorSink) -> set[str]:
             names.add(name)
         sources = [k for k, v in volume.items() if k != "name" and v is not None]
         if len(sources) != 1:
-            got = ", ".join(show(s) for s in sources[:4]) if sources else "none"
+            got = f"[{', '.join(show(s) for s in sources[:4])}]" if sources else "none"
             error(path, f"exactly one volume source is required, got {got}")
         host_path = volume.get("hostPath")
         if isinstance(host_path, dict):
@@ -332,6 +332,6 @@ def _mounts(mounts: Any, path: str, volumes: set[str], error: ErrorSink) -> None
         elif _has_backstep(target):
             error(f"{where}.mountPath", "must not contain '..'")
         elif target in targets:
-            error(f"{where}.mountPath", f"{show(target)} is mounted twice")
+            error(f"{where}.mountPath", f"{plain(target)} is mounted twice")
         else:
             targets.add(target)

@@ -101,7 +101,7 @@ HOSTILE: list[BadManifest] = [
                 encoded(pod(securityContext={"supplementalGroups": [None]}))),
     BadManifest("int-label-key.yaml", "metadata.labels[1]: keys must be strings, got an integer",
                 yaml_pod(metadata="{name: bad, labels: {1: a}}")),
-    BadManifest("bool-field-key.yaml", "spec.true: field names must be strings, got a boolean",
+    BadManifest("bool-field-key.yaml", "spec.True: field names must be strings, got a boolean",
                 yaml_pod(spec="{containers: [{name: app, image: host}], true: 1}")),
     BadManifest("list-key.yaml", "a key must be a string, got a list (line 5)",
                 yaml_pod(extra="? [a, b]\n: c\n")),
