@@ -335,27 +335,30 @@ def test_working_dir_never_escapes_its_volume(agent: Agent) -> None:
         (base / "mnt").mkdir()
         (base / "outside").mkdir()
         mount = {"volumeMounts": [{"name": "v", "mountPath": str(base / "mnt")}]}
+        volumes = [{"name": "v", "emptyDir": {}}]
         link = {"name": "link", "image": "host", "command": [
             "ln", "-s", str(base / "outside"), str(base / "mnt" / "link")], **mount}  # fmt: skip
-        escapes = {
-            "dotdot": str(base / "mnt" / ".." / "x" / "sub"),
-            "symlink": str(base / "mnt" / "link" / "sub"),
-        }
-        apps = [py(n, SLEEPER, workingDir=path, **mount) for n, path in escapes.items()]
+        through_link = py("escape", SLEEPER, workingDir=str(base / "mnt" / "link" / "sub"), **mount)
         inside = py("inside", SLEEPER, workingDir=str(base / "mnt" / "deep" / "er"), **mount)
-        pod = manifest("wd", [*apps, inside], initContainers=[link],
-                       volumes=[{"name": "v", "emptyDir": {}}])  # fmt: skip
+        pod = manifest("wd", [through_link, inside], initContainers=[link], volumes=volumes)
         agent.write_manifest("wd.yaml", pod)
+        dotdot = py("app", SLEEPER, workingDir=str(base / "mnt" / ".." / "x" / "sub"), **mount)
+        agent.write_manifest("dotdot.yaml", manifest("dotdot", [dotdot], volumes=volumes))
         wait_for(lambda: agent.running("wd", "inside"), 20, "inside running")
 
-        def refused(name: str) -> str | None:
-            state = (agent.container_status("wd", name) or {}).get("state", {})
-            return (state.get("waiting") or {}).get("message")
+        def refused() -> str | None:
+            state = (agent.container_status("wd", "escape") or {}).get("state", {})
+            message: str | None = (state.get("waiting") or {}).get("message")
+            return message
 
-        for name in escapes:
-            message = wait_for(lambda n=name: refused(n), 10, f"{name} refused")  # type: ignore[misc]
-            assert "outside every volume" in message
+        assert "outside every volume" in wait_for(refused, 10, "escape refused")
+        rejected = agent.get("/rejected")["items"]
+        errors = [e for r in rejected if r["path"].endswith("dotdot.yaml") for e in r["errors"]]
+        assert any("workingDir" in e for e in errors), rejected
+        assert agent.pod("dotdot") is None
         assert not (base / "x").exists()
         assert not (base / "outside" / "sub").exists()
-        (agent.manifests / "wd.yaml").unlink()
+        assert (base / "mnt").exists() and not any((base / "mnt").iterdir())
+        for name in ("wd.yaml", "dotdot.yaml"):
+            (agent.manifests / name).unlink()
         wait_for(lambda: agent.pod("wd") is None, 30, "wd removed")
