@@ -2,9 +2,24 @@
 
 inotify (watchdog) makes a change visible within milliseconds, and a relist every
 ``file_check_frequency`` catches whatever events were missed: the relist is the truth.
-A file is read only once its writer closed it (IN_CLOSE_WRITE / rename into place), or once it
-has been quiet for ``settle_seconds`` when no such event was seen, so a half-written file never
-becomes a half pod. Parsing runs in a worker thread so a huge or slow file never stalls pods.
+
+When a new or changed file is read (the settle rule), so that a half-written file never
+becomes a half pod:
+
+1. After a close-after-write event (IN_CLOSE_WRITE) or a rename into place: at once.
+2. Otherwise (the event was missed, or the file was written while the agent was down): once
+   its last modification is ``settle_seconds`` old (by inotify and by mtime) *and* no process
+   holds it open for writing: no ``/proc/<pid>/fd`` entry on the same device and inode whose
+   ``/proc/<pid>/fdinfo`` flags carry ``O_WRONLY`` or ``O_RDWR``. The /proc scan runs only
+   in this case, never after a close event and never for an unchanged file.
+
+Until then the file keeps its previous parse (a new file has no pod yet, and the snapshot is
+marked incomplete so no adopted pod is stopped on a partial view), and a held file is listed
+among the rejections as pending, with the pid of its writer. A writer that keeps the file open
+for good keeps its change from being read; its close makes it read at once.
+
+Parsing runs in a worker thread so a huge or slow file never stalls pods, and whatever reading
+one file raises becomes that file's rejection: the source itself never dies of a file.
 """
 
 from __future__ import annotations
@@ -31,7 +46,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from nodelet.aio import wait_event
-from nodelet.manifests import is_ignored, load_manifest
+from nodelet.manifests import display_path, internal_error, is_ignored, load_manifest
 from nodelet.model import ManifestError, Rejection, StaticPod
 
 log = logging.getLogger(__name__)
@@ -41,6 +56,7 @@ DEBOUNCE_SECONDS = 0.005
 """Coalesces the burst of events one write makes (create, modify, close) into one relist."""
 
 Loader = Callable[[str, str], StaticPod | Rejection]
+Result = StaticPod | Rejection
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,18 @@ class _FileKey:
     ino: int
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one file contributes to a relist."""
+
+    result: Result | None
+    """Its pod or rejection; None while a file never read before is not settled."""
+    retry_in: float | None = None
+    """Seconds until it should be looked at again."""
+    pending: Rejection | None = None
+    """Why its latest content is not read yet (a writer holds it), to show in /rejected."""
 
 
 class _Handler(FileSystemEventHandler):
@@ -96,6 +124,9 @@ class ManifestSource:
         self._settle = settle_seconds
         self._load = loader
         self._wake = asyncio.Event()
+        self._settle_timer: asyncio.TimerHandle | None = None
+        """Wakes the loop when a file modified without a close settles (a write event alone
+        does not wake it: a writer makes many)."""
         self._writing: dict[str, float] = {}
         """Files modified with no close-after-write yet, and when that was last seen."""
         self._closed: set[str] = set()
@@ -119,6 +150,9 @@ class ManifestSource:
                 await asyncio.sleep(DEBOUNCE_SECONDS)
         finally:
             self._stop_watch()
+            if self._settle_timer is not None:
+                self._settle_timer.cancel()
+                self._settle_timer = None
 
     # -- inotify ---------------------------------------------------------------------------
 
@@ -169,7 +203,11 @@ class ManifestSource:
             pass
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self._writing[name] = now
-            return  # wait for the close; the settle timer covers a lost close
+            if self._settle_timer is None:  # wait for the close; the timer covers a lost one
+                self._settle_timer = asyncio.get_running_loop().call_later(
+                    self._settle, self._settled
+                )
+            return
         elif isinstance(event, FileClosedEvent):
             self._writing.pop(name, None)
             self._closed.add(name)
@@ -178,6 +216,10 @@ class ManifestSource:
         elif not event.is_directory:
             return  # opened, closed without writing, attributes: nothing to read
         self._wake.set()
+
+    def _settled(self) -> None:
+        self._settle_timer = None
+        self._wake.set()  # the relist finds what settled and when the rest will
 
     # -- relist ----------------------------------------------------------------------------
 
@@ -195,16 +237,26 @@ class ManifestSource:
             )
             return None
         now = time.monotonic()
-        results: list[StaticPod | Rejection] = []
+        results: list[Result] = []
         wait: float | None = None
         complete = True
+        scan = _WriterScan()
         for name in names:
-            result, defer = await self._read(name, now)
-            if defer is not None:
-                wait = defer if wait is None else min(wait, defer)
-            if result is not None:
-                results.append(result)
-            else:
+            try:
+                outcome = await self._read(name, now, scan)
+            except Exception as err:  # a bug in reading one file must not stop the others
+                shown = display_path(str(self._dir / name))
+                log.error("internal error while reading manifest %s", shown, exc_info=True)
+                outcome = _Outcome(internal_error(shown, err))
+            if outcome.retry_in is not None:
+                wait = outcome.retry_in if wait is None else min(wait, outcome.retry_in)
+            if outcome.pending is not None:
+                results.append(outcome.pending)
+                if isinstance(outcome.result, StaticPod):
+                    results.append(outcome.result)  # the previous version stays in effect
+            elif outcome.result is not None:
+                results.append(outcome.result)
+            if outcome.result is None:
                 complete = False
         for gone in set(self._cache) - set(names):
             del self._cache[gone]
@@ -212,15 +264,14 @@ class ManifestSource:
         self.last_relist = time.monotonic()
         return wait
 
-    async def _read(
-        self, name: str, now: float
-    ) -> tuple[StaticPod | Rejection | None, float | None]:
-        """The file's pod, reusing the cached parse while the file is unchanged or being written."""
+    async def _read(self, name: str, now: float, scan: _WriterScan) -> _Outcome:
+        """The file's pod, reusing the cached parse while the file is unchanged or unsettled."""
         cached = self._cache.get(name)
+        previous = cached[1] if cached else None
         written = self._writing.get(name)
         if written is not None:
             if now - written < self._settle:
-                return (cached[1] if cached else None), self._settle - (now - written)
+                return _Outcome(previous, self._settle - (now - written))
             del self._writing[name]
         path = self._dir / name
         try:
@@ -229,11 +280,14 @@ class ManifestSource:
         except OSError:
             key = None  # the loader turns a dangling link or a loop into a clear rejection
         if cached is not None and key is not None and cached[0] == key:
-            return cached[1], None
+            return _Outcome(previous)
         if key is not None and name not in self._closed:
             quiet = time.time() - st.st_mtime
             if 0 <= quiet < self._settle:
-                return (cached[1] if cached else None), self._settle - quiet
+                return _Outcome(previous, self._settle - quiet)
+            holders = await scan.writers(st.st_dev, st.st_ino)
+            if holders:
+                return self._held(path, previous, holders)
         self._closed.discard(name)
         result = await asyncio.to_thread(self._load, str(path), self._node)
         if key is not None:
@@ -241,9 +295,19 @@ class ManifestSource:
         if isinstance(result, Rejection):
             for err in result.errors:
                 log.error("manifest rejected: %s", err)
-        return result, None
+        return _Outcome(result)
 
-    def _snapshot(self, results: list[StaticPod | Rejection], complete: bool) -> SourceSnapshot:
+    def _held(self, path: Path, previous: Result | None, holders: list[Writer]) -> _Outcome:
+        """A file some process still writes: keep what it held before, say who holds it."""
+        shown = display_path(str(path))
+        who = ", ".join(f"pid {pid} ({comm})" for pid, comm in holders[:3])
+        kept = "the previous version stays in effect" if previous else "no pod until then"
+        reason = f"pending: held open for writing by {who}; read once closed ({kept})"
+        log.info("manifest %s: %s", shown, reason)
+        pending = Rejection(shown, (ManifestError(shown, "", reason),))
+        return _Outcome(previous, self._period, pending)
+
+    def _snapshot(self, results: list[Result], complete: bool) -> SourceSnapshot:
         """Apply kubelet's cross-file rules: first file (sorted) wins a duplicate pod name."""
         pods: dict[str, StaticPod] = {}
         owners: dict[str, str] = {}
@@ -274,6 +338,84 @@ class ManifestSource:
         metadata["annotations"] = {**metadata["annotations"], SEEN_ANNOTATION: seen}
         manifest["metadata"] = metadata
         return replace(pod, manifest=manifest)
+
+
+Writer = tuple[int, str]
+"""(pid, command name) of a process holding a file open for writing."""
+FdIndex = dict[tuple[int, int], list[tuple[str, str]]]
+"""(device, inode) -> every (pid, fd) open on it."""
+
+
+def fd_index(proc: str = "/proc") -> FdIndex:
+    """Every open file descriptor on the node by the inode it refers to (stat follows each
+    ``<proc>/<pid>/fd/<fd>`` link). Processes that vanish or cannot be read are skipped: it
+    sees what the agent may see (every process, as root). One scan serves a whole relist."""
+    index: FdIndex = {}
+    try:
+        pids = [e.name for e in os.scandir(proc) if e.name.isdigit()]
+    except OSError:
+        return index
+    for pid in pids:
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            index.setdefault((st.st_dev, st.st_ino), []).append((pid, fd))
+    return index
+
+
+def writers_in(index: FdIndex, dev: int, ino: int, proc: str = "/proc") -> list[Writer]:
+    """The processes of ``index`` holding ``(dev, ino)`` open with write access, by the
+    ``flags`` line (octal open flags) of ``<proc>/<pid>/fdinfo/<fd>``."""
+    found: dict[int, str] = {}
+    for pid, fd in index.get((dev, ino), []):
+        if int(pid) not in found and _open_for_writing(proc, pid, fd):
+            found[int(pid)] = _comm(proc, pid)
+    return sorted(found.items())
+
+
+def writers_of(path: str, proc: str = "/proc") -> list[Writer]:
+    """Every process holding the file at ``path`` open for writing."""
+    st = os.stat(path)
+    return writers_in(fd_index(proc), st.st_dev, st.st_ino, proc)
+
+
+def _open_for_writing(proc: str, pid: str, fd: str) -> bool:
+    try:
+        with open(f"{proc}/{pid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return (int(line.split()[1], 8) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _comm(proc: str, pid: str) -> str:
+    try:
+        with open(f"{proc}/{pid}/comm", errors="replace") as comm:
+            name = comm.read().strip()
+    except OSError:
+        return "?"
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+class _WriterScan:
+    """The fd index of one relist, built on first need (off the loop), so files that need no
+    check cost nothing and those that do share one scan of /proc."""
+
+    def __init__(self) -> None:
+        self._index: FdIndex | None = None
+
+    async def writers(self, dev: int, ino: int) -> list[Writer]:
+        if self._index is None:
+            self._index = await asyncio.to_thread(fd_index)
+        return await asyncio.to_thread(writers_in, self._index, dev, ino)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
