@@ -19,6 +19,7 @@ import fnmatch
 import logging
 import math
 import os
+import re
 import stat
 from typing import Any
 
@@ -185,11 +186,23 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _library_text(text: str, limit: int = 100) -> str:
-    """A YAML library message on one line and short: some quote a tag or handle from the file."""
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _library_text(text: str, limit: int = 120) -> str:
+    """A library message on one line and short: some quote a tag or handle from the file, so
+    each quoted part is cut to ``podschema.QUOTE_LIMIT`` characters too."""
     flat = " ".join(text.split())
     flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+    flat = _QUOTED.sub(lambda m: _cut(m.group()), flat)
     return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _cut(quoted: str) -> str:
+    inner = quoted[1:-1]
+    if len(inner) <= podschema.QUOTE_LIMIT:
+        return quoted
+    return f"{quoted[0]}{inner[: podschema.QUOTE_LIMIT]}{quoted[0]}... ({len(inner)} characters)"
 
 
 def _parse(data: bytes) -> dict[str, Any]:

@@ -117,6 +117,7 @@ SECRET = "c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1sZWF2ZS10aGlzLWZpbGUtZXZlci1ldmVyLWV2ZX
         f"a: !{SECRET} x\n",
         f"a: !!{SECRET} x\n",
         f"%TAG !{SECRET}! tag:x\n---\na: 1\n",
+        f"a: !{SECRET}!x y\n",  # "found undefined tag handle '!...!'"
         f"a: b\n{SECRET}: [\n",
         f"- {SECRET}\n- b\n",
         f'{{"apiVersion": "v1", "kind": "Pod", "{SECRET}": 1, "spec": {{"containers": 1}}}}',
