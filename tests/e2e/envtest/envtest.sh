@@ -86,6 +86,11 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
 	log "installing ${missing[*]}"
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	# On a machine booted with systemd, etcd-server's postinst starts a system etcd on 2379; the
+	# tests run their own on free ports, so the one installed here is not left running.
+	if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd.service || log "could not stop and disable etcd.service"
+	fi
 fi
 
 if [ "$kubectl_pkg_ok" = 1 ]; then
