@@ -12,6 +12,7 @@ Everything lives in one `nlt-` temp dir; both processes are stopped by pid, neve
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import ipaddress
 import json
@@ -28,24 +29,26 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import config
+from kubernetes.client import ApiClient
 
 from tests.agentharness import free_port
 
 KUBE_VERSION = (1, 20, 2)
 """Built by `make envtest` (its KUBE_VERSION); a kube-apiserver on PATH this new or newer wins."""
-DEFAULT_ENVTEST_BIN = Path("/var/cache/nodelet/envtest/1.20.2")
+DEFAULT_ENVTEST_BIN = Path("/var/cache/nodelet/envtest", ".".join(map(str, KUBE_VERSION)))
 """`make envtest`'s cache; `make test` passes the same path as NODELET_ENVTEST_BIN."""
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/12"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class EnvtestError(RuntimeError):
@@ -74,25 +77,22 @@ def _version_of(binary: Path | str) -> tuple[int, int, int] | None:
 def find_binaries() -> Binaries:
     """etcd from PATH, kubectl and kube-apiserver from the envtest cache (or a newer apiserver)."""
     bin_dir = Path(os.environ.get("NODELET_ENVTEST_BIN", DEFAULT_ENVTEST_BIN))
-    apiserver = bin_dir / "kube-apiserver"
+    kubectl, etcd = bin_dir / "kubectl", shutil.which("etcd")
+    apiserver, version = bin_dir / "kube-apiserver", None
     on_path = shutil.which("kube-apiserver")
     if on_path is not None:
-        path_version = _version_of(on_path)
-        if path_version is not None and path_version >= KUBE_VERSION:
-            apiserver = Path(on_path)
-    etcd = shutil.which("etcd")
-    kubectl = bin_dir / "kubectl"
-    missing = [
-        str(path)
-        for path in (apiserver, kubectl)
-        if not os.access(path, os.X_OK)  # kubectl may be a link to /usr/bin/kubectl
-    ] + ([] if etcd else ["etcd on PATH"])
-    if missing:
+        found = _version_of(on_path)
+        if found is not None and found >= KUBE_VERSION:
+            apiserver, version = Path(on_path), found
+    missing = [str(path) for path in (apiserver, kubectl) if not os.access(path, os.X_OK)]
+    if etcd is None:
+        missing.append("etcd on PATH")
+    if missing or etcd is None:
         raise EnvtestError(f"missing {', '.join(missing)}: run `make envtest` (as root)")
-    version = _version_of(apiserver)
+    version = version or _version_of(apiserver)
     if version is None:
         raise EnvtestError(f"{apiserver} --version printed no version")
-    return Binaries(apiserver, Path(str(etcd)), kubectl, version)
+    return Binaries(apiserver, Path(etcd), kubectl, version)
 
 
 @dataclass
@@ -240,7 +240,7 @@ class ApiServer:
     def node_kubeconfig(self, node_name: str) -> Path:
         """A kubeconfig for node `node_name` (`CN=system:node:<name>`, `O=system:nodes`): what
         kubelet runs with, so the Node authorizer and NodeRestriction apply to it."""
-        if _DNS_LABEL.fullmatch(node_name) is None or len(node_name) > 253:
+        if _DNS_SUBDOMAIN.fullmatch(node_name) is None or len(node_name) > 253:
             raise ValueError(f"not a valid node name: {node_name!r}")
         if node_name not in self._node_kubeconfigs:
             cert, key = self.pki.issue(
@@ -302,10 +302,25 @@ class _Process:
             self.popen.wait()
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL, which
+    leaves no `finally` to run."""
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
 def _start(name: str, argv: list[str], log: Path) -> _Process:
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (one prctl call, libc already loaded)
         )
     return _Process(name, popen, log)
 
@@ -365,7 +380,7 @@ def _apiserver_argv(
         f"--kubelet-certificate-authority={pki.ca_path}",
         # A node agent on loopback reports a Hostname address that resolves to 127.0.0.1 first.
         "--kubelet-preferred-address-types=Hostname,InternalIP",
-        "--allow-privileged=true",  # static control-plane pods are privileged and hostNetwork
+        "--allow-privileged=true",  # as kubeadm: mirrors of privileged static pods are accepted
         "--profiling=false",
     ]
     if binaries.apiserver_version < (1, 24, 0):
@@ -386,10 +401,8 @@ def _wait_ready(url: str, context: ssl.SSLContext, processes: list[_Process]) ->
                     + "\n".join(p.tail() for p in processes)
                 )
         try:
-            with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-                last = f"HTTP {answer.status}"
+            with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=5):
+                return
         except urllib.error.HTTPError as error:
             last = f"HTTP {error.code}: {error.read(500).decode(errors='replace')}"
         except OSError as error:
@@ -445,8 +458,7 @@ def running_apiserver(binaries: Binaries | None = None) -> Iterator[ApiServer]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def api_client(kubeconfig: Path) -> Any:
-    """An official `kubernetes` client `ApiClient` for one kubeconfig (the library is untyped)."""
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+def api_client(kubeconfig: Path) -> ApiClient:
+    """An official `kubernetes` client for one kubeconfig, as a user of the library makes it."""
+    client: ApiClient = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    return client
