@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.agentharness import Agent, agent_session, wait_for
 
 RUNS = int(os.environ.get("NODELET_BENCH_RUNS", "20"))
-UP = "echo pid=$$$$; exec sleep 3600"  # $$ is kubelet's escape for $
+# The host pid (the container has its own PID namespace; /proc is still the host's):
+# cut's parent is the shell, which then becomes sleep. $$ is kubelet's escape for $.
+UP = "echo pid=$$(cut -d' ' -f4 /proc/self/stat); exec sleep 3600"
 
 
 def cri_time(line: str) -> float:

@@ -142,4 +142,7 @@ def build_container_config(
         run_as_group=group,
         supplemental_groups=list(pod_sc.get("supplementalGroups") or []),
         no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
+        own_pid_namespace=not (
+            ctx.pod.spec.get("hostPID") or ctx.pod.spec.get("shareProcessNamespace")
+        ),
     )

@@ -245,8 +245,8 @@ def build_pod_status(
         container_status(pod, c, sandbox, actions, "PodInitializing")
         for c in spec.get("initContainers") or []
     ]
-    init_running = any("running" in st["state"] for st in init)
-    app_default = "PodInitializing" if init and init_running else "ContainerCreating"
+    # kubelet: PodInitializing for every container of a pod that has init containers.
+    app_default = "PodInitializing" if init else "ContainerCreating"
     app = [container_status(pod, c, sandbox, actions, app_default) for c in spec["containers"]]
     _never_fewer_restarts(init + app, previous)
     phase = actions.terminal_phase or get_phase(spec, init, app)

@@ -50,7 +50,10 @@ class StreamLog:
         buffer = self._pending + data
         *lines, self._pending = buffer.split(b"\n")
         for line in lines:
-            self._write(line, b"F")
+            pieces = range(0, max(len(line), 1), MAX_LINE)
+            for start in pieces:
+                last = start + MAX_LINE >= len(line)
+                self._write(line[start : start + MAX_LINE], b"F" if last else b"P")
         while len(self._pending) > MAX_LINE:
             self._write(self._pending[:MAX_LINE], b"P")
             self._pending = self._pending[MAX_LINE:]

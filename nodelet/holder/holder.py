@@ -43,6 +43,9 @@ class Container:
     started_at: float
     log_fd: int | None
     """None when the log file could not be opened: every line is dropped and counted."""
+    host_pid: int = 0
+    """The pid in the host's PID namespace: what the agent and the journal know it by (``pid``
+    is the holder's own view, which differs when the pod has its own PID namespace)."""
     streams: dict[int, StreamLog] = field(default_factory=dict)
     stopping: bool = False
     exited: bool = False
@@ -66,6 +69,10 @@ class Holder:
         self.client_buffer = b""
         self.exiting = False
         self.sel = selectors.DefaultSelector()
+        self.pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        """Our own PID namespace, to return to after giving a container a new one."""
+        self.host_view = os.getpid() == int(os.readlink("/proc/self"))
+        """Whether our pids are the host's (not in a pod PID namespace)."""
         self.journal = os.open(
             os.path.join(pod_dir, protocol.JOURNAL_NAME),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
@@ -185,7 +192,7 @@ class Holder:
             "type": "exit",
             "name": container.name,
             "attempt": container.attempt,
-            "pid": container.pid,
+            "pid": container.host_pid,
             "started_at": container.started_at,
             "finished_at": time.time(),
             "exit_code": code if code >= 0 else 128 - code,
@@ -282,7 +289,7 @@ class Holder:
                 reply["ok"] = True
             elif op == protocol.OP_STATE:
                 reply.update(ok=True, containers=[
-                    {"name": c.name, "attempt": c.attempt, "pid": c.pid}
+                    {"name": c.name, "attempt": c.attempt, "pid": c.host_pid}
                     for c in self.containers.values()
                 ])  # fmt: skip
             elif op == protocol.OP_SHUTDOWN:
@@ -310,13 +317,14 @@ class Holder:
             for _ in range(3):
                 pipes.extend(os.pipe())
             out_r, out_w, err_r, err_w, status_r, status_w = pipes
-            pid = os.fork()
+            pid = self._fork(bool(spec.get("own_pid_namespace")))
         except OSError:
             for fd in [*pipes, log_fd]:
                 _close(fd)
             raise
         if pid == 0:
             spawn.run(spec, out_w, err_w, status_w)
+        host_pid = self._host_pid(pid)
         for fd in (out_w, err_w, status_w):
             os.close(fd)
         failure = _read_all(status_r)
@@ -326,9 +334,9 @@ class Holder:
                 _close(fd)
             details = json.loads(failure)
             if details["reason"] == spawn.START_ERROR:
-                self._record_failed_start(spec, pid, details["message"])
+                self._record_failed_start(spec, host_pid, details["message"])
             return {"ok": False, "reason": details["reason"], "message": details["message"]}
-        container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd)
+        container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd, host_pid)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             container.streams[fd] = StreamLog(log_fd, stream, log_error)
@@ -336,10 +344,45 @@ class Holder:
         self.containers[name] = container
         self.by_pid[pid] = container
         self._record({
-            "type": "start", "name": name, "attempt": container.attempt, "pid": pid,
+            "type": "start", "name": name, "attempt": container.attempt, "pid": host_pid,
             "started_at": container.started_at,
         })  # fmt: skip
-        return {"ok": True, "pid": pid, "started_at": container.started_at}
+        return {"ok": True, "pid": host_pid, "started_at": container.started_at}
+
+    def _fork(self, own_pid_namespace: bool) -> int:
+        """fork, the child as PID 1 of a new PID namespace when asked (kubelet gives every
+        container its own unless hostPID or shareProcessNamespace)."""
+        if not own_pid_namespace:
+            return os.fork()
+        linux.unshare(linux.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except OSError:
+            linux.setns(self.pid_namespace, linux.CLONE_NEWPID)
+            raise
+        if pid != 0:  # the parent's next child must not land in that namespace
+            linux.setns(self.pid_namespace, linux.CLONE_NEWPID)
+        return pid
+
+    def _host_pid(self, pid: int) -> int:
+        """Our child ``pid`` as the host numbers it (the agent kills and checks by host pids)."""
+        if self.host_view:
+            return pid
+        me = os.readlink("/proc/self")  # /proc is the host's: this is our host pid
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as listing:
+                children = listing.read().split()
+        except OSError:
+            return pid
+        for child in children:
+            try:
+                with open(f"/proc/{child}/status") as status:
+                    nspid = next(ln for ln in status if ln.startswith("NSpid:")).split()[1:]
+            except (OSError, StopIteration):
+                continue
+            if nspid and nspid[-1] == str(pid):  # it lives in our namespace: last is ours
+                return int(child)
+        return pid
 
     def _record_failed_start(self, spec: dict[str, Any], pid: int, message: str) -> None:
         """exec failed: journal a run that ended at once with 128, as kubelet shows StartError."""

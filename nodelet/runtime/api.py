@@ -56,6 +56,9 @@ class ContainerConfig:
     run_as_group: int | None = None
     supplemental_groups: list[int] = field(default_factory=list)
     no_new_privileges: bool = False
+    own_pid_namespace: bool = False
+    """The container is PID 1 of a PID namespace of its own (neither hostPID nor
+    shareProcessNamespace), as containerd runs it."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.system
 
 REPORT = (
     "import os, socket, sys, time\n"
-    "print('pid=%d' % os.getpid())\n"
+    "print('pid=%s' % os.readlink('/proc/self'))\n"
     "for ns in ('net', 'ipc', 'uts'):\n"
     "    print('%s=%s' % (ns, os.readlink('/proc/self/ns/' + ns)))\n"
     "print('hostname=' + socket.gethostname())\n"
@@ -60,7 +60,9 @@ def manifest(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"containers": containers, **spec},
+        # A short grace unless a test sets one: containers are PID 1 of their own PID
+        # namespace, so SIGTERM without a handler is ignored and a stop waits out the grace.
+        "spec": {"containers": containers, "terminationGracePeriodSeconds": 2, **spec},
     }
     return json.dumps(pod, indent=1)
 
@@ -231,8 +233,8 @@ def test_edit_replaces_pod_after_old_one_is_gone(agent: Agent) -> None:
         "    time.sleep(1); print('bye=%f' % time.time(), flush=True); os._exit(0)\n"
         "signal.signal(signal.SIGTERM, bye)\n",
     ).replace(
-        "print('pid=%d' % os.getpid())\n",
-        "print('pid=%d' % os.getpid())\nprint('start=%f' % time.time())\n",
+        "print('pid=%s' % os.readlink('/proc/self'))\n",
+        "print('pid=%s' % os.readlink('/proc/self'))\nprint('start=%f' % time.time())\n",
     )
 
     def version(n: int) -> str:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.system
 
 TERM_LOGGER = (
     "import os, signal, sys, time\n"
-    "print('pid=%d' % os.getpid(), flush=True)\n"
+    "print('pid=%s' % os.readlink('/proc/self'), flush=True)\n"
     "def term(*_):\n"
     "    print('got=TERM', flush=True); sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, term)\n"
@@ -38,7 +38,7 @@ TERM_LOGGER = (
 TERM_IGNORER = (
     "import os, signal, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "print('pid=%d' % os.getpid(), flush=True)\n"
+    "print('pid=%s' % os.readlink('/proc/self'), flush=True)\n"
     "time.sleep(3600)\n"
 )
 

@@ -19,7 +19,9 @@ from tests.badmanifests import BAD_MANIFESTS
 
 pytestmark = pytest.mark.system
 
-SLEEPER = "import os, time; print('pid=%d' % os.getpid(), flush=True); time.sleep(3600)"
+SLEEPER = (  # the host pid: the container has its own PID namespace, /proc is the host's
+    "import os, time; print('pid=%s' % os.readlink('/proc/self'), flush=True); time.sleep(3600)"
+)
 
 
 def good_pod(name: str, script: str = SLEEPER) -> str:

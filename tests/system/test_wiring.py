@@ -229,14 +229,14 @@ def test_environment_is_exactly_the_prepared_one(agent: Agent) -> None:
 
 def test_background_child_dies_with_the_main_process(agent: Agent) -> None:
     mark, other = marker("main"), marker("other")
-    script = f"sleep 3600 & echo child=$! ; exec python3 -c 'import time; time.sleep(3600)' {mark}"
+    script = f"sleep 3600 & exec python3 -c 'import time; time.sleep(3600)' {mark}"
     forker = {"name": "forker", "image": "host", "command": ["sh", "-c", script]}
     # A second container keeps the holder (which reaps orphans when the pod ends) running, so
     # only the end of the main process can take the child down.
     start_pod(agent, "group", [forker, sleeper("other", other)])
-    pod = wait_for(lambda: agent.pod("group"), 5, "group")
-    child = int(agent.log_value(pod, "forker", "child"))
+    wait_for(lambda: agent.pod("group"), 5, "group")
     main = process_with(mark)
+    child = wait_for(lambda: [c.pid for c in psutil.Process(main).children()], 5, "child")[0]
     assert os.getsid(main) == main and os.getpgid(main) == main  # its own session and group
     assert os.getpgid(child) == main
     os.kill(main, signal.SIGKILL)

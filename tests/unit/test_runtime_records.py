@@ -178,7 +178,7 @@ def test_a_holder_identity_with_a_reused_pid_is_not_trusted(tmp_path: Path) -> N
 
 
 def dead_sandbox(finished_at: float) -> SandboxStatus:
-    return SandboxStatus("uid1", False, None, 50.0, (), finished_at=finished_at)
+    return SandboxStatus("uid1", False, None, 50.0, finished_at=finished_at)
 
 
 def test_a_dying_holder_is_recreated_with_back_off() -> None:
