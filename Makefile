@@ -108,15 +108,19 @@ bench: deps
 	done
 
 # mutmut over the modules [tool.mutmut] in pyproject.toml lists, running only the unit tests (no
-# root needed). Starts from scratch every time, so the score is never a stale cache's; its
-# progress goes to mutants/run.log. Survivors: .venv/bin/mutmut results, mutmut show NAME.
+# root needed). Starts from scratch every time, so the score is never a stale cache's; progress
+# goes to mutants/run.log. Unit tests that fail before any mutation (open bugs: `make test`
+# shows them) are named and left out, since mutmut needs a passing baseline.
+# Survivors: .venv/bin/mutmut results, then .venv/bin/mutmut show NAME.
 mutation: deps
 	rm -rf mutants
 	mkdir -p mutants
+	$(BIN)/python tests/mutation.py known-failures > mutants/pytest-addopts
 	@echo "make mutation: running mutmut (a few minutes; progress in mutants/run.log)"
-	$(BIN)/mutmut run > mutants/run.log 2>&1 || { tail -n 40 mutants/run.log; exit 1; }
+	PYTEST_ADDOPTS="$$(cat mutants/pytest-addopts)" $(BIN)/mutmut run > mutants/run.log 2>&1 \
+		|| { tail -c 3000 mutants/run.log; exit 1; }
 	$(BIN)/mutmut export-cicd-stats > /dev/null
-	$(BIN)/python tests/mutationscore.py $(MUTATION_MIN)
+	$(BIN)/python tests/mutation.py score $(MUTATION_MIN)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info mutants
