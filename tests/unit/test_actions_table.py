@@ -302,3 +302,45 @@ def test_window_is_written_as_go_durations(window: float, text: str) -> None:
     backoff.next("uid/app0", NOW, NOW)
     crashed = box(run("app0", code=1, ends=NOW))
     assert act(spec(), crashed, backoff).waiting["app0"].message.startswith(f"back-off {text} ")
+
+
+def test_a_holder_window_of_less_than_a_second_is_still_waited_for() -> None:
+    backoff = Backoff(initial=1.0)
+    backoff.next(sandbox_backoff_key("uid"), NOW - 0.5, NOW - 0.5)
+    actions = act(spec(), box(ready=False, finished=NOW - 0.5), backoff)
+    assert actions.sandbox_waiting is not None and actions.wake_at == NOW + 0.5
+
+
+def test_restart_policy_defaults_to_always_while_the_holder_runs() -> None:
+    assert starts(act(spec(None), box(run("app0", code=0)))) == [("app0", False, 1)]
+
+
+def test_a_run_started_as_the_holder_was_created_counts_for_the_phase() -> None:
+    assert act(spec("Never"), box(run("app0", code=0, at=CREATED))).terminal_phase == "Succeeded"
+
+
+def test_no_terminal_phase_while_a_container_is_started_again() -> None:
+    failures = {"app0": StartFailure("CreateContainerError", "x", NOW - 100)}
+    done = box(run("app0", code=0, ends=NOW - 200))
+    actions = act(spec("OnFailure"), done, failures=failures)
+    assert actions.start and actions.terminal_phase is None
+
+
+def test_a_crashed_init_container_waits_out_its_window() -> None:
+    backoff = Backoff()
+    backoff.next("uid/init0", NOW - 2, NOW - 2)
+    crashed = box(run("init0", 1, code=1, at=NOW - 3, ends=NOW - 1))
+    actions = act(spec("Always", inits=1), crashed, backoff)
+    assert actions.start == [] and actions.waiting["init0"].reason == "CrashLoopBackOff"
+    assert actions.wake_at == NOW + 9
+
+
+def test_a_failure_at_the_moment_of_the_exit_is_the_latest_event() -> None:
+    failures = {"app0": StartFailure("CreateContainerError", "x", NOW - 200)}
+    done = box(run("app0", code=0, ends=NOW - 200))
+    assert starts(act(spec("OnFailure"), done, failures=failures)) == [("app0", False, 1)]
+
+
+def test_a_run_with_an_unknown_exit_code_never_finishes_the_pod() -> None:
+    odd = ContainerRecord("app0", 0, 5, 9_100.0, 9_101.0, None)
+    assert act(spec("Never"), box(odd)).terminal_phase is None

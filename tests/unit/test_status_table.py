@@ -440,3 +440,50 @@ def test_app_containers_wait_in_pod_initializing_whenever_the_pod_has_init_conta
 )
 def test_qos_class(containers: dict[str, Any], qos: str) -> None:
     assert qos_class(containers) == qos
+
+
+def test_init_containers_running_again_keep_the_pod_pending() -> None:
+    """While init containers run (again, in a new holder) the pod is Pending, as kubelet before
+    1.28 reports it, whatever the app containers did in the previous holder."""
+    init: list[dict[str, Any]] = [
+        {"state": {"running": {}}, "lastState": {}},
+        {"state": {"waiting": {"reason": "PodInitializing"}}, "lastState": {}},
+    ]
+    app = [{"state": {"terminated": {"exitCode": 0}}, "lastState": {}}]
+    assert get_phase({"restartPolicy": "Always"}, init, app) == "Pending"
+    assert get_phase({"restartPolicy": "Always"}, init[1:], app) == "Pending"
+    failed: list[dict[str, Any]] = [
+        {"state": {"terminated": {"exitCode": 1}}, "lastState": {}},
+        {"state": {"waiting": {}}, "lastState": {"terminated": {"exitCode": 1}}},
+    ]
+    assert get_phase({"restartPolicy": "Never"}, failed, app) == "Failed"
+    assert get_phase({"restartPolicy": "Always"}, failed, app) == "Pending"
+
+
+def test_app_containers_without_init_containers_wait_in_container_creating() -> None:
+    st = status(pod(), box())
+    assert st["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+
+
+def test_a_container_without_image_reports_an_empty_one() -> None:
+    no_image = container_status(pod(), {"name": "app0"}, None, PodActions(), "ContainerCreating")
+    assert no_image["image"] == ""
+
+
+def test_an_exit_without_exit_code_is_unknown() -> None:
+    odd = ContainerRecord("app0", 0, 5, 103.0, 104.0, None)
+    terminated = app_status(box(odd))["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("ContainerStatusUnknown", 137)
+
+
+def test_two_init_containers_pending_are_named_in_the_condition() -> None:
+    st = status(pod(inits=2), box(run("init0")))
+    assert conditions(st)[1]["message"] == "containers with incomplete status: [init0 init1]"
+
+
+def test_a_previous_status_without_restart_count_counts_as_zero() -> None:
+    previous = {"containerStatuses": [{"name": "app0"}]}
+    assert (
+        status(pod(), box(run("app0")), previous=previous)["containerStatuses"][0]["restartCount"]
+        == 0
+    )
