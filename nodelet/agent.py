@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import time
 from typing import Any
 
-from nodelet import loggc, podconfig, podschema
+from nodelet import loggc, podschema
 from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig, ensure_private_dir
-from nodelet.model import Rejection, StaticPod
-from nodelet.podconfig import OpKind
-from nodelet.podworker import (
-    DEFAULT_GRACE_SECONDS,
-    PodWorker,
-    RecordError,
-    WorkerContext,
-    describe,
-    pod_from_record,
-)
-from nodelet.runtime.api import KnownPod, Runtime
+from nodelet.model import Rejection
+from nodelet.podworker import WorkerContext, describe
+from nodelet.podworkers import PodWorkers
+from nodelet.runtime.api import Runtime
 from nodelet.server import (
     LocalServer,
     redact_pod_list,
@@ -38,21 +30,12 @@ from nodelet.source import ManifestSource, SourceSnapshot
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT_SECONDS = 5.0
-
 
 class Agent:
     def __init__(self, config: AgentConfig, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
-        self.desired: dict[str, StaticPod] = {}
         self.rejected: list[Rejection] = []
-        self.workers: dict[str, PodWorker] = {}
-        self._by_full_name: dict[str, PodWorker] = {}
-        self._adopted: dict[str, StaticPod] = {}
-        """Pods found running at start-up, kept until the manifest dir was read completely."""
-        self._sources_ready = False
-        """The manifest dir has been read completely once (kubelet's allSourcesReady)."""
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
@@ -62,6 +45,7 @@ class Agent:
             backoff=Backoff(config.backoff_initial, config.backoff_max),
             on_status=self._on_status,
         )
+        self.pods = PodWorkers(self._ctx)
         self.source = ManifestSource(
             config.pod_manifest_path,
             config.node_name,
@@ -101,7 +85,7 @@ class Agent:
             self.config.pod_manifest_path,
             len(known),
         )
-        self._adopt(known)
+        self.pods.adopt(known)
         warm = asyncio.create_task(asyncio.to_thread(podschema.preload), name="schema-preload")
         self._background.add(warm)
         warm.add_done_callback(self._background.discard)
@@ -117,7 +101,7 @@ class Agent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._stop_workers()
+            await self.pods.stop()
             await self.server.close()
             await self.runtime.close()
 
@@ -126,9 +110,9 @@ class Agent:
         kubelet's GC waits for all sources), never those of a pod that still exists."""
         while True:
             await asyncio.sleep(loggc.GC_PERIOD_SECONDS)
-            if not self._sources_ready:
+            if not self.pods.sources_ready:
                 continue
-            live = set(self.desired) | set(self.workers)
+            live = set(self.pods.desired) | set(self.pods.workers)
             try:
                 await asyncio.to_thread(loggc.sweep, self.config.pod_logs_dir, live)
             except Exception:
@@ -139,104 +123,25 @@ class Agent:
             log.error("manifest source died", exc_info=task.exception())
             self.request_stop()
 
-    async def _stop_workers(self) -> None:
-        """Cancel workers without killing pods; a kill in progress gets a bounded chance to end."""
-        tasks = [w.task for w in self.workers.values() if w.task is not None]
-        for worker in self.workers.values():
-            if not worker.killing and worker.task is not None:
-                worker.task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
-        for task in tasks:
-            task.cancel()
-
-    # -- dispatch ---------------------------------------------------------------------------
-
-    def _adopt(self, known: list[KnownPod]) -> None:
-        """Take over the pods that outlived the previous agent, before any manifest is read:
-        their workers observe them at once, so no exit waits on manifest parsing."""
-        for found in known:
-            try:
-                pod = pod_from_record(found.pod, found.pod_uid)
-            except RecordError as err:
-                # Stop it gracefully from what the holder knows: nothing can run it again.
-                grace = (
-                    DEFAULT_GRACE_SECONDS if found.grace_seconds is None else found.grace_seconds
-                )
-                log.error(
-                    "run dir of pod uid=%s has no usable record (%s); stopping it, grace=%ss",
-                    found.pod_uid, err, grace,
-                )  # fmt: skip
-                task = asyncio.create_task(self.runtime.kill_pod(found.pod_uid, grace))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-                continue
-            if found.terminating:
-                # A previous agent had begun removing it: finish that, never run it again.
-                log.info("finishing the removal begun before the restart %s", describe(pod))
-                self._add(pod).kill()
-                continue
-            self._adopted[pod.uid] = pod
-            self.desired[pod.uid] = pod
-            self._add(pod)
+    # -- status ------------------------------------------------------------------------
 
     def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
         self.rejected = snapshot.rejected
-        self._sources_ready = self._sources_ready or snapshot.complete
-        wanted = dict(snapshot.pods)
-        if self._adopted and not snapshot.complete:
-            # A manifest still being written must not get its running pod killed: keep every
-            # adopted pod until the whole directory has been read.
-            for uid, pod in self._adopted.items():
-                wanted.setdefault(uid, pod)
-        elif self._adopted:
-            for uid, pod in self._adopted.items():
-                if uid not in wanted:
-                    log.info("manifest gone while the agent was down %s", describe(pod))
-            self._adopted = {}
-        for op in podconfig.diff(self.desired, wanted):
-            if op.kind is OpKind.REMOVE:
-                worker = self.workers.get(op.uid)
-                if worker is not None:
-                    worker.kill()
-            elif op.kind is OpKind.ADD and op.pod is not None:
-                self._add(op.pod)
-            elif op.pod is not None:
-                self.workers[op.uid].update(op.pod)
-        self.desired = wanted
-
-    def _add(self, pod: StaticPod) -> PodWorker:
-        predecessor = self._by_full_name.get(pod.full_name)
-        if predecessor is not None and predecessor.done.is_set():
-            predecessor = None
-        worker = PodWorker(pod, self._ctx, predecessor)
-        self.workers[pod.uid] = worker
-        self._by_full_name[pod.full_name] = worker
-        worker.start()
-        assert worker.task is not None
-        worker.task.add_done_callback(functools.partial(self._forget, worker))
-        return worker
-
-    def _forget(self, worker: PodWorker, _task: asyncio.Task[None]) -> None:
-        if self.workers.get(worker.uid) is worker and worker.done.is_set():
-            del self.workers[worker.uid]
-        if self._by_full_name.get(worker.pod.full_name) is worker:
-            del self._by_full_name[worker.pod.full_name]
-        self._phases.pop(worker.uid, None)
+        self.pods.apply(snapshot)
+        for uid in set(self._phases) - set(self.pods.workers):
+            del self._phases[uid]
 
     def _on_status(self, pod_uid: str, status: dict[str, Any]) -> None:
         phase = status.get("phase", "")
         before = self._phases.get(pod_uid)
         if before != phase:
             self._phases[pod_uid] = phase
-            worker = self.workers.get(pod_uid)
+            worker = self.pods.workers.get(pod_uid)
             name = describe(worker.pod) if worker else f"uid={pod_uid}"
             log.info("pod phase %s -> %s %s", before or "-", phase, name)
 
     def _on_runtime_change(self, pod_uid: str) -> None:
-        worker = self.workers.get(pod_uid)
-        if worker is not None:
-            worker.poke()
+        self.pods.poke(pod_uid)
 
     # -- local API --------------------------------------------------------------------------
 
@@ -249,9 +154,8 @@ class Agent:
     def pod_list(self) -> dict[str, Any]:
         """kubelet's /pods: every desired pod with its latest status."""
         items = []
-        for uid, pod in sorted(self.desired.items(), key=lambda kv: kv[1].full_name):
-            worker = self.workers.get(uid)
-            status = (worker.status if worker else None) or {"phase": "Pending"}
+        for uid, pod in sorted(self.pods.desired.items(), key=lambda kv: kv[1].full_name):
+            status = self.pods.status_of(uid) or {"phase": "Pending"}
             items.append({**pod.manifest, "status": status})
         return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 

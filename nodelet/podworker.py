@@ -8,6 +8,7 @@ completely gone, so an edited manifest never runs twice at once and its ports ne
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import time
@@ -62,6 +63,30 @@ class WorkerContext:
     on_status: Callable[[str, dict[str, Any]], None]
     """Called with (pod UID, v1 PodStatus) after every sync."""
     node_hostname: str = socket.gethostname()
+    clock: Callable[[], float] = time.time
+    """Wall-clock epoch seconds (container exit times are wall-clock); tests inject their own."""
+
+
+class WorkerState(enum.Enum):
+    """kubelet's SyncPod / SyncTerminatingPod / SyncTerminatedPod, plus the wait for the
+    previous pod of the same full name."""
+
+    WAITING = "waiting"
+    SYNCING = "syncing"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+_LEGAL_EDGES: dict[WorkerState, frozenset[WorkerState]] = {
+    # WAITING -> SYNCING because the predecessor of this full name is gone.
+    # WAITING -> TERMINATING because the pod was removed before it ever ran.
+    WorkerState.WAITING: frozenset({WorkerState.SYNCING, WorkerState.TERMINATING}),
+    # SYNCING -> TERMINATING because a kill was requested (it sticks).
+    WorkerState.SYNCING: frozenset({WorkerState.TERMINATING}),
+    # TERMINATING -> TERMINATED because every process and all pod state are gone.
+    WorkerState.TERMINATING: frozenset({WorkerState.TERMINATED}),
+    WorkerState.TERMINATED: frozenset(),
+}
 
 
 def pod_record(pod: StaticPod) -> dict[str, Any]:
@@ -129,8 +154,17 @@ class PodWorker:
         self._failures: dict[str, StartFailure] = {}
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
+        self.state = WorkerState.WAITING
         self.done = asyncio.Event()
+        """Set once TERMINATED: the next pod of the same full name may start."""
         self.task: asyncio.Task[None] | None = None
+
+    def _change_state(self, new: WorkerState) -> None:
+        """The only place the state changes; an illegal edge is a bug, not a condition."""
+        if new not in _LEGAL_EDGES[self.state]:
+            raise AssertionError(f"pod worker {self.uid}: {self.state.value} -> {new.value}")
+        log.debug("worker %s -> %s %s", self.state.value, new.value, describe(self.pod))
+        self.state = new
 
     @property
     def uid(self) -> str:
@@ -161,15 +195,19 @@ class PodWorker:
         try:
             if self._predecessor is not None:
                 await self._predecessor.done.wait()
+            if not self._kill_requested:
+                self._change_state(WorkerState.SYNCING)
             wake_at: float | None = None
             while not self._kill_requested:
                 try:
                     wake_at = await self._sync()
                 except Exception:
                     log.exception("sync failed %s", describe(self.pod))
-                    wake_at = time.time() + RETRY_AFTER_ERROR_SECONDS
+                    wake_at = self._ctx.clock() + RETRY_AFTER_ERROR_SECONDS
                 await self._sleep_until(wake_at)
+            self._change_state(WorkerState.TERMINATING)
             await self._terminate()
+            self._change_state(WorkerState.TERMINATED)
         except Exception:
             # Never silent: the worker is gone, so say so with the pod it was for.
             log.exception("pod worker failed %s", describe(self.pod))
@@ -179,7 +217,7 @@ class PodWorker:
     async def _sleep_until(self, wake_at: float | None) -> None:
         timeout = self._ctx.config.resync_seconds
         if wake_at is not None:
-            timeout = max(0.0, min(timeout, wake_at - time.time()))
+            timeout = max(0.0, min(timeout, wake_at - self._ctx.clock()))
         await wait_event(self._wake, timeout)
         self._wake.clear()
 
@@ -191,7 +229,7 @@ class PodWorker:
             sandbox,
             self._failures,
             self._ctx.backoff,
-            time.time(),
+            self._ctx.clock(),
         )
 
     async def _sync(self) -> float | None:
@@ -203,7 +241,7 @@ class PodWorker:
             if sandbox is not None and sandbox.finished_at is not None:
                 # A re-creation opens or doubles the holder's back-off window.
                 key = sandbox_backoff_key(self.uid)
-                self._ctx.backoff.next(key, sandbox.finished_at, time.time())
+                self._ctx.backoff.next(key, sandbox.finished_at, self._ctx.clock())
             sandbox = await self._create_sandbox()
             actions = self._actions(sandbox)
         for start in actions.start:
@@ -258,7 +296,7 @@ class PodWorker:
         return next(c for c in self.pod.spec[key] if c["name"] == start.name)
 
     async def _start_container(self, start: StartAction, sandbox: SandboxStatus | None) -> None:
-        now = time.time()
+        now = self._ctx.clock()
         key = backoff_key(self.uid, start.name)
         last = sandbox.latest(start.name) if sandbox else None
         failure = self._failures.get(start.name)
@@ -308,7 +346,7 @@ class PodWorker:
 
     def _report(self, sandbox: SandboxStatus | None, actions: PodActions) -> None:
         status = build_pod_status(
-            self.pod, sandbox, actions, self._ctx.config.node_ip, self.status, time.time()
+            self.pod, sandbox, actions, self._ctx.config.node_ip, self.status, self._ctx.clock()
         )
         self.status = status
         self._ctx.on_status(self.uid, status)
