@@ -134,7 +134,8 @@ class ManifestSource:
         self._cache: dict[str, tuple[_FileKey, StaticPod | Rejection]] = {}
         self._first_seen: dict[str, str] = {}
         self._observer: Any = None
-        self._watched: tuple[int, int] | None = None
+        self._watched: tuple[str, int, int] | None = None
+        """(path, device, inode) of the directory watched: the manifest dir or its parent."""
         self.last_relist: float = 0.0
         """Monotonic time of the last completed relist, for /healthz."""
 
@@ -157,26 +158,34 @@ class ManifestSource:
     # -- inotify ---------------------------------------------------------------------------
 
     def _ensure_watch(self) -> None:
-        """(Re)watch the directory, also after it was created late or replaced."""
+        """(Re)watch the directory, also after it was replaced. While it does not exist, watch
+        its parent instead: any event there wakes a relist, which finds the directory once it
+        is made and watches it, long before the next periodic relist."""
+        target = self._dir
         try:
-            st = os.stat(self._dir)
+            st = os.stat(target)
         except OSError:
-            self._stop_watch()
-            return
-        if self._watched == (st.st_dev, st.st_ino) and self._observer is not None:
+            target = self._dir.parent
+            try:
+                st = os.stat(target)
+            except OSError:
+                self._stop_watch()
+                return
+        ident = (str(target), st.st_dev, st.st_ino)
+        if self._watched == ident and self._observer is not None:
             return
         self._stop_watch()
         observer = Observer()
         observer.schedule(
-            _Handler(asyncio.get_running_loop(), self._on_event), str(self._dir), recursive=False
+            _Handler(asyncio.get_running_loop(), self._on_event), str(target), recursive=False
         )
         try:
             observer.start()
         except OSError as err:
-            log.warning("cannot watch %s, relying on relist: %s", self._dir, err)
+            log.warning("cannot watch %s, relying on relist: %s", target, err)
             return
         self._observer = observer
-        self._watched = (st.st_dev, st.st_ino)
+        self._watched = ident
 
     def _stop_watch(self) -> None:
         if self._observer is not None:
@@ -203,6 +212,7 @@ class ManifestSource:
             pass
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self._writing[name] = now
+            self._closed.discard(name)  # a close seen before this write says nothing of it
             if self._settle_timer is None:  # wait for the close; the timer covers a lost one
                 self._settle_timer = asyncio.get_running_loop().call_later(
                     self._settle, self._settled

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from watchdog.events import FileClosedEvent
 
 from nodelet.manifests import display_path
 from nodelet.model import ManifestError, Rejection, StaticPod
@@ -31,7 +32,9 @@ from tests.system.conftest import FAST_BACKOFF
 
 pytestmark = pytest.mark.system
 
-SLEEPER = "import os, time; print('pid=%d' % os.getpid(), flush=True); time.sleep(3600)"
+SLEEPER = (  # the host pid: the container has its own PID namespace, /proc is the host's
+    "import os, time; print('pid=%s' % os.readlink('/proc/self'), flush=True); time.sleep(3600)"
+)
 SHOW_A = "import os, time; print('A=%r' % os.environ['A'], flush=True); time.sleep(3600)"
 
 
@@ -286,3 +289,38 @@ async def test_a_loader_that_raises_becomes_that_files_rejection(tmp_path: Path)
         ],
         b: [f"{b}: fine"],
     }
+
+
+async def test_a_close_event_seen_late_says_nothing_of_a_later_write(tmp_path: Path) -> None:
+    """A close (or rename) event that arrives after its file was already read must not let a
+    later in-place rewrite skip the writer check."""
+    path = tmp_path / "slow.yaml"
+    path.write_text(PREFIX + REST + "  - name: c2\n    image: host\n")
+    snapshots: list[SourceSnapshot] = []
+
+    def containers() -> list[list[str]]:
+        return [[c["name"] for c in p.spec["containers"]] for p in snapshots[-1].pods.values()]
+
+    source = ManifestSource(tmp_path, NODE, snapshots.append, file_check_frequency=0.2)
+    task = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(10):
+            while not (snapshots and containers() == [["c0", "c1", "c2"]]):
+                await asyncio.sleep(0.05)
+        source._on_event(FileClosedEvent(str(path)))  # the late event of that first write
+        with slow_writer(path) as writer:
+            seen = len(snapshots)
+            await asyncio.sleep(3.0)  # past the 2 s settle time, several relists
+            assert len(snapshots) > seen
+            for snapshot in snapshots[seen:]:
+                assert [len(p.spec["containers"]) for p in snapshot.pods.values()] == [3]
+            pending = [str(e) for r in snapshots[-1].rejected for e in r.errors]
+            assert any(f"held open for writing by pid {writer.pid} " in e for e in pending)
+            await asyncio.to_thread(finish, writer)
+        async with asyncio.timeout(10):
+            while containers() != [["c0", "c1"]]:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
