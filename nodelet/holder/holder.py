@@ -18,21 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodelet.holder import linux, protocol, spawn
+from nodelet.holder import linux, procfs, protocol, spawn
 from nodelet.holder.crilog import StreamLog
+from nodelet.holder.journal import JournalWriter
 
 DEFAULT_SHUTDOWN_GRACE = 2.0
-JOURNAL_RETRY_SECONDS = 1.0
-"""How often a journal that could not be written (a full disk) is tried again."""
 LOG_DROP_REPORT_SECONDS = 1.0
 """At most one dropped-log-lines report per container per this many seconds."""
 CLIENT_SEND_TIMEOUT = 2.0
 START_ERROR_EXIT_CODE = 128
 """What containerd reports for a container whose exec failed."""
-NAMESPACES = ("net", "ipc", "uts", "pid")
-"""Recorded in holder.json: the pod's own ones tell its leftover processes from the host's."""
-STRAGGLER_ROUNDS = 100
-"""Kill-and-reap rounds for processes still forking while the pod ends."""
 
 
 @dataclass
@@ -58,9 +53,6 @@ class Holder:
         self.grace_seconds = grace_seconds
         """The pod's termination grace period, for an agent that can no longer read the pod."""
         self.created_at = time.time()
-        self.unjournaled: list[dict[str, Any]] = []
-        """Records the journal could not take yet (ENOSPC, EIO): retried, replayed on hello."""
-        self.journal_retry_pending = False
         self.log_reports: dict[str, float] = {}
         self.containers: dict[str, Container] = {}
         self.by_pid: dict[int, Container] = {}
@@ -73,29 +65,17 @@ class Holder:
         """Our own PID namespace, to return to after giving a container a new one."""
         self.host_view = os.getpid() == int(os.readlink("/proc/self"))
         """Whether our pids are the host's (not in a pod PID namespace)."""
-        self.journal = os.open(
+        self.journal = JournalWriter(
             os.path.join(pod_dir, protocol.JOURNAL_NAME),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
+            lambda delay, action: self.timers.append((time.monotonic() + delay, action)),
         )
         self._write_identity()
 
     def _write_identity(self) -> None:
         """``holder.json``: who we are in the host's PID namespace, so an agent recognises this
         process (and never starts a second holder) even when the socket does not answer."""
-        me = int(os.readlink("/proc/self"))
-        namespaces = {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in NAMESPACES}
-        identity = {"pid": me, "start_time": linux.start_time(me), "pod_uid": self.pod_uid,
-                    "grace_seconds": self.grace_seconds, "namespaces": namespaces}  # fmt: skip
-        final = os.path.join(self.pod_dir, protocol.HOLDER_ID_NAME)
-        temporary = final + ".new"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(identity).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, final)
+        path = os.path.join(self.pod_dir, protocol.HOLDER_ID_NAME)
+        procfs.write_identity(path, {"pod_uid": self.pod_uid, "grace_seconds": self.grace_seconds})
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -140,24 +120,13 @@ class Holder:
         try:
             action()
         except Exception as err:
-            _say(f"holder: {action!r} failed: {err!r}")
+            procfs.say(f"holder: {action!r} failed: {err!r}")
 
     def _kill_stragglers(self) -> None:
         """When the pod ends, nothing it started may outlive it: daemons that left their
         container's process group were reparented here (we are the subreaper); kill them."""
-        me = str(os.getpid())
-        if os.readlink("/proc/self") != me:
-            return  # our own PID namespace: the kernel kills all of it when we, its PID 1, exit
-        for _ in range(STRAGGLER_ROUNDS):
-            children = [int(pid) for pid in _children_of(me)]
-            if not children:
-                return
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for pid in children:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+        if self.host_view:  # in our own PID namespace the kernel ends all of it with us
+            procfs.kill_children(str(os.getpid()))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -199,38 +168,12 @@ class Holder:
             "signal": -code if code < 0 else None,
         })  # fmt: skip
         if not container.streams:
-            _close(container.log_fd)
+            procfs.close(container.log_fd)
 
     def _record(self, entry: dict[str, Any]) -> None:
-        """Journal first (durable), then tell the agent if one is listening.
-
-        A journal that cannot be written (full disk, I/O error) must not end the holder and
-        with it the pod: the record is kept, retried, and replayed to every agent that
-        connects until it is on disk."""
-        self.unjournaled.append(entry)
-        self._flush_journal()
+        """Journal first (durable, or kept and retried), then tell the agent if one listens."""
+        self.journal.append(entry)
         self._send(entry)
-
-    def _retry_journal(self) -> None:
-        self.journal_retry_pending = False
-        self._flush_journal()
-
-    def _flush_journal(self) -> None:
-        while self.unjournaled:
-            data = protocol.encode_record(self.unjournaled[0])
-            try:
-                written = os.write(self.journal, data)
-                if written != len(data):
-                    raise OSError(28, "short write")  # the torn part fails its checksum
-                os.fsync(self.journal)
-            except OSError as err:
-                if not self.journal_retry_pending:
-                    _say(f"holder: journal write failed, retrying: {err}")
-                    self.journal_retry_pending = True
-                    retry_at = time.monotonic() + JOURNAL_RETRY_SECONDS
-                    self.timers.append((retry_at, self._retry_journal))
-                return
-            self.unjournaled.pop(0)
 
     def _accept(self, listener: socket.socket) -> None:
         client, _ = listener.accept()
@@ -243,7 +186,7 @@ class Holder:
             "type": "hello", "version": protocol.VERSION, "pod_uid": self.pod_uid,
             "created_at": self.created_at, "grace_seconds": self.grace_seconds,
         })  # fmt: skip
-        for entry in self.unjournaled:  # not on disk yet: the new agent learns them from us
+        for entry in self.journal.unwritten:  # not on disk yet: the new agent learns them here
             self._send(entry)
 
     def _drop_client(self) -> None:
@@ -311,27 +254,28 @@ class Holder:
             return {"ok": False, "reason": "PodTerminating", "message": "the pod is stopping"}
         if name in self.containers:
             return {"ok": False, "reason": "AlreadyRunning", "message": f"{name} is running"}
-        log_fd, log_error = _open_log(spec["log_path"])
+        log_fd, log_error = procfs.open_log(spec["log_path"])
         pipes: list[int] = []
         try:
             for _ in range(3):
                 pipes.extend(os.pipe())
             out_r, out_w, err_r, err_w, status_r, status_w = pipes
-            pid = self._fork(bool(spec.get("own_pid_namespace")))
+            new_pid_namespace = bool(spec.get("own_pid_namespace"))
+            pid = linux.fork(self.pid_namespace if new_pid_namespace else None)
         except OSError:
             for fd in [*pipes, log_fd]:
-                _close(fd)
+                procfs.close(fd)
             raise
         if pid == 0:
             spawn.run(spec, out_w, err_w, status_w)
         host_pid = self._host_pid(pid)
         for fd in (out_w, err_w, status_w):
             os.close(fd)
-        failure = _read_all(status_r)
+        failure = procfs.read_all(status_r)
         if failure:
             os.waitpid(pid, 0)
             for fd in (out_r, err_r, log_fd):
-                _close(fd)
+                procfs.close(fd)
             details = json.loads(failure)
             if details["reason"] == spawn.START_ERROR:
                 self._record_failed_start(spec, host_pid, details["message"])
@@ -349,40 +293,9 @@ class Holder:
         })  # fmt: skip
         return {"ok": True, "pid": host_pid, "started_at": container.started_at}
 
-    def _fork(self, own_pid_namespace: bool) -> int:
-        """fork, the child as PID 1 of a new PID namespace when asked (kubelet gives every
-        container its own unless hostPID or shareProcessNamespace)."""
-        if not own_pid_namespace:
-            return os.fork()
-        linux.unshare(linux.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-        except OSError:
-            linux.setns(self.pid_namespace, linux.CLONE_NEWPID)
-            raise
-        if pid != 0:  # the parent's next child must not land in that namespace
-            linux.setns(self.pid_namespace, linux.CLONE_NEWPID)
-        return pid
-
     def _host_pid(self, pid: int) -> int:
         """Our child ``pid`` as the host numbers it (the agent kills and checks by host pids)."""
-        if self.host_view:
-            return pid
-        me = os.readlink("/proc/self")  # /proc is the host's: this is our host pid
-        try:
-            with open(f"/proc/{me}/task/{me}/children") as listing:
-                children = listing.read().split()
-        except OSError:
-            return pid
-        for child in children:
-            try:
-                with open(f"/proc/{child}/status") as status:
-                    nspid = next(ln for ln in status if ln.startswith("NSpid:")).split()[1:]
-            except (OSError, StopIteration):
-                continue
-            if nspid and nspid[-1] == str(pid):  # it lives in our namespace: last is ours
-                return int(child)
-        return pid
+        return pid if self.host_view else procfs.host_pid_of_child(pid)
 
     def _record_failed_start(self, spec: dict[str, Any], pid: int, message: str) -> None:
         """exec failed: journal a run that ended at once with 128, as kubelet shows StartError."""
@@ -409,7 +322,7 @@ class Holder:
             self.sel.unregister(fd)
             os.close(fd)
             if not container.streams and container.exited:
-                _close(container.log_fd)
+                procfs.close(container.log_fd)
 
         return readable
 
@@ -424,7 +337,7 @@ class Holder:
             return
         self.log_reports[container.name] = now
         error = next((s.error for s in container.streams.values() if s.error), "")
-        _say(f"holder: {container.name}: {dropped} log lines dropped: {error}")
+        procfs.say(f"holder: {container.name}: {dropped} log lines dropped: {error}")
         self._send({
             "type": "log_dropped", "name": container.name, "attempt": container.attempt,
             "lines": dropped, "error": error,
@@ -459,54 +372,6 @@ class Holder:
         self.timers = [t for t in self.timers if t[0] > now]
         for _, action in due:
             self._guarded(action)
-
-
-def _children_of(pid: str) -> list[str]:
-    """Our children, from /proc (the pod may have no PID namespace of its own)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1].decode() == pid:
-                found.append(entry)
-    return found
-
-
-def _say(message: str) -> None:
-    """A line in holder.log; a log that cannot be written is no reason to fail."""
-    with contextlib.suppress(OSError):
-        os.write(2, message.encode(errors="replace") + b"\n")
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _open_log(path: str) -> tuple[int | None, str]:
-    """The container's log file, or None and why: a full log disk must not stop the pod."""
-    try:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.open(path, flags, 0o640), ""
-    except OSError as err:
-        _say(f"holder: cannot open log {path}: {err}")
-        return None, f"cannot open {path}: {err.strerror}"
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
 
 
 def run_holder(

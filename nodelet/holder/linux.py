@@ -51,6 +51,23 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
+def fork(home_pid_namespace: int | None = None) -> int:
+    """fork; with ``home_pid_namespace`` (an fd of our own PID namespace) the child is PID 1 of
+    a new PID namespace (kubelet gives every container its own unless hostPID or
+    shareProcessNamespace), and the parent's next child lands in ours again."""
+    if home_pid_namespace is None:
+        return os.fork()
+    unshare(CLONE_NEWPID)
+    try:
+        pid = os.fork()
+    except OSError:
+        setns(home_pid_namespace, CLONE_NEWPID)
+        raise
+    if pid != 0:
+        setns(home_pid_namespace, CLONE_NEWPID)
+    return pid
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
     def enc(text: str | None) -> bytes | None:
         return None if text is None else os.fsencode(text)
