@@ -10,13 +10,32 @@ is ever signalled. (Once pod cgroups exist, ``cgroup.kill`` replaces this.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+NAMESPACE_KINDS = ("net", "ipc", "uts", "pid")
+_HOST_NAMESPACES = {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in NAMESPACE_KINDS}
+"""The agent's own namespaces, which are the host's."""
+
+
+def private_namespaces(recorded: Any) -> dict[str, int]:
+    """Of the namespaces a holder recorded (kind -> inode), those that are not the host's."""
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        kind: inode
+        for kind, inode in recorded.items()
+        if isinstance(inode, int) and _HOST_NAMESPACES.get(kind) not in (None, inode)
+    }
 
 
 def _stat_fields(pid: str) -> list[bytes] | None:
@@ -73,3 +92,17 @@ def kill_sessions(pod_uid: str, sessions: Iterable[int], namespaces: dict[str, i
     if killed:
         log.warning("killed %d leftover processes of pod uid=%s", killed, pod_uid)
     return killed
+
+
+async def stop_children(pids: list[int], parent: int | None, grace_seconds: float) -> None:
+    """SIGTERM each container's process group (children of ``parent``, a holder that cannot
+    be asked), then wait up to the grace period for them to end."""
+    for pid in pids:
+        if is_child(pid, parent, zombie_ok=False):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(
+        is_child(pid, parent, zombie_ok=False) for pid in pids
+    ):
+        await asyncio.sleep(0.05)

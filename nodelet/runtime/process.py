@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from nodelet import safepath
 from nodelet.holder import protocol
 from nodelet.runtime import journal, leftovers, rundir
 from nodelet.runtime.api import (
-    UNKNOWN_EXIT_CODE,
     ChangeCallback,
     ContainerConfig,
     ContainerRecord,
@@ -34,6 +32,7 @@ from nodelet.runtime.api import (
     SandboxStatus,
 )
 from nodelet.runtime.holderclient import HolderClient, HolderGoneError
+from nodelet.runtime.sandbox import Sandbox
 from nodelet.runtime.zygoteclient import ZygoteClient
 
 log = logging.getLogger(__name__)
@@ -47,45 +46,15 @@ EXTRA_KILL_WAIT = 10.0
 DEFAULT_GRACE_SECONDS = 30.0
 
 
-@dataclass
-class _Pod:
-    uid: str
-    directory: Path
-    record: dict[str, Any]
-    holder_pid: int | None = None
-    created_at: float = 0.0
-    client: HolderClient | None = None
-    pidfd: int | None = None
-    alive: bool = False
-    finished_at: float | None = None
-    """When the holder was seen to end."""
-    identity: dict[str, Any] = field(default_factory=dict)
-    """The holder's ``holder.json`` (pid, start time, grace period, namespaces)."""
-    terminating: dict[str, Any] | None = None
-    """The durable intent to remove the pod (``terminating.json``), once it was written."""
-    records: list[ContainerRecord] = field(default_factory=list)
-    log_drops: dict[str, str] = field(default_factory=dict)
-    exit_waiters: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
-    died: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def grace_seconds(self) -> float | None:
-        grace = self.identity.get("grace_seconds")
-        return float(grace) if isinstance(grace, int | float) and grace >= 0 else None
-
-
 class ProcessRuntime:
     """Implements ``nodelet.runtime.api.Runtime`` with holder processes."""
 
     def __init__(self, run_dir: Path, *, python: str = sys.executable) -> None:
         self.run_dir = run_dir
         self.pods_dir = run_dir / "pods"
-        self._pods: dict[str, _Pod] = {}
+        self._pods: dict[str, Sandbox] = {}
         self._callbacks: list[ChangeCallback] = []
         self._zygote = ZygoteClient(python)
-        self._host_namespaces = {
-            kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "ipc", "uts", "pid")
-        }
 
     @property
     def zygote_pid(self) -> int | None:
@@ -132,9 +101,9 @@ class ProcessRuntime:
 
     # -- adoption and liveness --------------------------------------------------------------
 
-    def _adopt(self, directory: Path) -> _Pod:
+    def _adopt(self, directory: Path) -> Sandbox:
         record = rundir.read_pod_record(directory)
-        pod = _Pod(uid=directory.name, directory=directory, record=record)
+        pod = Sandbox(uid=directory.name, directory=directory, record=record)
         pod.records = journal.read_journals(directory)
         pod.terminating = rundir.read_terminating(directory)
         identity = rundir.read_holder_identity(directory)
@@ -146,7 +115,7 @@ class ProcessRuntime:
         self._pods[pod.uid] = pod
         return pod
 
-    async def _first_connect(self, pod: _Pod) -> None:
+    async def _first_connect(self, pod: Sandbox) -> None:
         sock = pod.directory / protocol.SOCKET_NAME
         if pod.alive or sock.exists():
             try:
@@ -165,7 +134,7 @@ class ProcessRuntime:
             " (being removed)" if pod.terminating else "",
         )  # fmt: skip
 
-    async def _connect(self, pod: _Pod, timeout: float = HOLDER_READY_TIMEOUT) -> None:
+    async def _connect(self, pod: Sandbox, timeout: float = HOLDER_READY_TIMEOUT) -> None:
         def recognise(pid: int) -> None:
             if pod.pidfd is None:
                 self._watch(pod, pid)
@@ -184,7 +153,7 @@ class ProcessRuntime:
             lambda: self._on_disconnect(pod, client),
         )
 
-    def _watch(self, pod: _Pod, pid: int) -> None:
+    def _watch(self, pod: Sandbox, pid: int) -> None:
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -195,7 +164,7 @@ class ProcessRuntime:
         pod.died.clear()
         asyncio.get_running_loop().add_reader(pidfd, self._on_holder_exit, pod, pid)
 
-    def _on_holder_exit(self, pod: _Pod, pid: int) -> None:
+    def _on_holder_exit(self, pod: Sandbox, pid: int) -> None:
         loop = asyncio.get_running_loop()
         if pod.pidfd is not None:
             loop.remove_reader(pod.pidfd)
@@ -215,7 +184,7 @@ class ProcessRuntime:
         log.info("holder of pod uid=%s (pid %d) ended", pod.uid, pid)
         self._notify(pod.uid)
 
-    def _end_leftovers(self, pod: _Pod, *, seen_dying: bool) -> None:
+    def _end_leftovers(self, pod: Sandbox, *, seen_dying: bool) -> None:
         """Nothing a pod started may outlive its holder: kill what is left of the sessions of
         containers whose exit was never journaled, then reap what was reparented to us.
 
@@ -223,12 +192,7 @@ class ProcessRuntime:
         up only when we saw its holder die just now (a session number is not reused while the
         session has members, so right after the death the match is exact)."""
         sessions = [r.pid for r in pod.records if r.running]
-        recorded = pod.identity.get("namespaces")
-        private = {
-            kind: inode
-            for kind, inode in (recorded if isinstance(recorded, dict) else {}).items()
-            if isinstance(inode, int) and self._host_namespaces.get(kind) not in (None, inode)
-        }
+        private = leftovers.private_namespaces(pod.identity.get("namespaces"))
         if sessions and (private or seen_dying):
             leftovers.kill_sessions(pod.uid, sessions, private)
         self._reap_orphans()
@@ -244,34 +208,15 @@ class ProcessRuntime:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child, os.WNOHANG)
 
-    def _on_disconnect(self, pod: _Pod, client: HolderClient) -> None:
+    def _on_disconnect(self, pod: Sandbox, client: HolderClient) -> None:
         if pod.client is client:
             pod.client = None
 
-    def _on_event(self, pod: _Pod, event: dict[str, Any]) -> None:
-        if event.get("type") == "log_dropped":
-            self._on_log_dropped(pod, event)
-            return
-        if not journal.apply(pod.records, event):
-            log.warning("holder of pod uid=%s sent a malformed event: %r", pod.uid, event)
-            return
-        if event.get("type") == "exit":
-            for waiter in pod.exit_waiters.pop(event.get("name", ""), []):
-                if not waiter.done():
-                    waiter.set_result(None)
-        self._notify(pod.uid)
-
-    def _on_log_dropped(self, pod: _Pod, event: dict[str, Any]) -> None:
-        name, lines, error = event.get("name"), event.get("lines"), event.get("error")
-        if not isinstance(name, str) or not isinstance(lines, int):
-            return
-        message = f"{lines} log lines could not be written: {error}"
-        if pod.log_drops.get(name) != message:
-            log.warning("pod uid=%s container=%s: %s", pod.uid, name, message)
-            pod.log_drops[name] = message
+    def _on_event(self, pod: Sandbox, event: dict[str, Any]) -> None:
+        if pod.apply_event(event):
             self._notify(pod.uid)
 
-    async def _client(self, pod: _Pod) -> HolderClient:
+    async def _client(self, pod: Sandbox) -> HolderClient:
         if pod.client is None:
             if not pod.alive:
                 raise HolderGoneError(f"holder of pod {pod.uid} is not running")
@@ -287,40 +232,14 @@ class ProcessRuntime:
             for uid, pod in self._pods.items()
         ]
 
-    def _status(self, pod: _Pod) -> SandboxStatus:
-        return SandboxStatus(
-            pod_uid=pod.uid,
-            ready=pod.alive,
-            holder_pid=pod.holder_pid if pod.alive else None,
-            created_at=pod.created_at,
-            containers=tuple(self._checked(pod, r) for r in pod.records),
-            finished_at=pod.finished_at,
-            log_drops=tuple(sorted(pod.log_drops.items())),
-        )
-
-    def _checked(self, pod: _Pod, record: ContainerRecord) -> ContainerRecord:
-        """A run is reported running only while its process exists as the holder's child:
-        status never claims a process that is gone, whatever the journal could not record."""
-        if not record.running or not pod.alive or record.started_at < pod.created_at:
-            return record
-        if leftovers.is_child(record.pid, pod.holder_pid):
-            return record  # running, or ended a moment ago and about to be journaled
-        return dataclasses.replace(
-            record,
-            finished_at=time.time(),
-            exit_code=UNKNOWN_EXIT_CODE,
-            reason="ContainerStatusUnknown",
-            message="the process is gone but its holder has not reported its exit",
-        )
-
     async def pod_status(self, pod_uid: str) -> SandboxStatus | None:
         pod = self._pods.get(pod_uid)
-        return None if pod is None else self._status(pod)
+        return None if pod is None else pod.status()
 
     async def run_sandbox(self, config: SandboxConfig, pod: dict[str, Any]) -> SandboxStatus:
         existing = self._pods.get(config.pod_uid)
         if existing is not None and existing.alive:
-            return self._status(existing)  # never a second holder while the first exists
+            return existing.status()  # never a second holder while the first exists
         directory = safepath.child(self.pods_dir, config.pod_uid)
         rundir.make_private_dir(directory)
         rundir.write_pod_record(directory, pod)
@@ -329,7 +248,7 @@ class ProcessRuntime:
             current.rename(journal.next_archive(directory))
         for stale in (protocol.SOCKET_NAME, protocol.HOLDER_ID_NAME):
             (directory / stale).unlink(missing_ok=True)
-        state = existing or _Pod(uid=config.pod_uid, directory=directory, record=pod)
+        state = existing or Sandbox(uid=config.pod_uid, directory=directory, record=pod)
         state.record = pod
         state.log_drops.clear()
         self._pods[config.pod_uid] = state
@@ -347,9 +266,9 @@ class ProcessRuntime:
             raise OSError(f"cannot create the holder of pod {config.pod_uid}: {answer}")
         self._watch(state, int(answer["pid"]))
         await self._wait_ready(state)
-        return self._status(state)
+        return state.status()
 
-    async def _wait_ready(self, pod: _Pod) -> None:
+    async def _wait_ready(self, pod: Sandbox) -> None:
         deadline = time.monotonic() + HOLDER_READY_TIMEOUT
         sock = pod.directory / protocol.SOCKET_NAME
         while time.monotonic() < deadline and pod.alive:
@@ -397,7 +316,7 @@ class ProcessRuntime:
         if pod is not None:
             await self._end_holder(pod, grace_seconds)
 
-    async def _end_holder(self, pod: _Pod, grace_seconds: float) -> None:
+    async def _end_holder(self, pod: Sandbox, grace_seconds: float) -> None:
         """Ask the holder to stop its containers and exit; SIGKILL it if it does not. A holder
         that cannot be asked (stalled) gets its containers stopped by us within the grace."""
         if pod.alive:
@@ -409,7 +328,8 @@ class ProcessRuntime:
                 log.warning("holder of pod uid=%s cannot be asked to stop: %s", pod.uid, err)
                 asked = False
             if not asked:
-                await self._stop_containers_directly(pod, grace_seconds)
+                running = [r.pid for r in pod.records if r.running]
+                await leftovers.stop_children(running, pod.holder_pid, grace_seconds)
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(grace_seconds + EXTRA_KILL_WAIT):
@@ -423,19 +343,6 @@ class ProcessRuntime:
         if pod.client is not None:
             client, pod.client = pod.client, None
             await client.close()
-
-    async def _stop_containers_directly(self, pod: _Pod, grace_seconds: float) -> None:
-        """SIGTERM each running container's process group, wait up to the grace period."""
-        running = [r.pid for r in pod.records if r.running]
-        for pid in running:
-            if leftovers.is_child(pid, pod.holder_pid, zombie_ok=False):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and any(
-            leftovers.is_child(pid, pod.holder_pid, zombie_ok=False) for pid in running
-        ):
-            await asyncio.sleep(0.05)
 
     async def kill_pod(self, pod_uid: str, grace_seconds: float) -> None:
         directory = safepath.child(self.pods_dir, pod_uid)
