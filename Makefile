@@ -83,8 +83,8 @@ run: deps
 
 # The e2e fixture (tests/e2e/apiserver.py) finds the binaries through NODELET_ENVTEST_BIN.
 test: deps
-	@[ -x $(ENVTEST_BIN)/kube-apiserver ] && [ -x $(ENVTEST_BIN)/kubectl ] && command -v etcd >/dev/null \
-		|| $(MAKE) --no-print-directory envtest
+	@[ -x $(ENVTEST_BIN)/kube-apiserver ] && [ -x $(ENVTEST_BIN)/kubectl ] \
+		&& command -v etcd >/dev/null || $(MAKE) --no-print-directory envtest
 	NODELET_ENVTEST_BIN=$(ENVTEST_BIN) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Installs etcd and Debian's kubectl when missing and builds kube-apiserver $(KUBE_VERSION) from

@@ -24,7 +24,10 @@ log() { echo "build-kube-apiserver: $*" >&2; }
 # patches (CVE fixes) on top. Refuse anything but the version the caller caches it as, so the
 # cache path never lies about what is in it.
 src_version=$(apt-cache showsrc kubernetes | sed -n 's/^Version: //p' | sort -V | tail -n 1)
-[ -n "$src_version" ] || { log "apt knows no source package 'kubernetes' (deb-src entry?)"; exit 1; }
+if [ -z "$src_version" ]; then
+	log "apt knows no source package 'kubernetes' (deb-src entry?)"
+	exit 1
+fi
 upstream=${src_version%%-*}
 upstream=${upstream##*really}
 if [ "$upstream" != "$version" ]; then
@@ -65,14 +68,15 @@ cd "$gopath/src/$pkg"
 # The orig tarball lacks pkg/generated/openapi/zz_generated.openapi.go (upstream generates it at
 # build time), and without it the build stops at "undefined: openapi.GetOpenAPIDefinitions".
 # Generate it as Makefile.generated_files would, with the vendored openapi-gen and the packages
-# that carry a `+k8s:openapi-gen=` tag (k8s-VERSION-openapi-gen-inputs.txt beside this script, relative to the
-# source root). Running the whole upstream `make` instead would regenerate everything through
-# hack/ scripts that want a git checkout.
+# that carry a `+k8s:openapi-gen=` tag (k8s-VERSION-openapi-gen-inputs.txt beside this script,
+# relative to the source root). Every other generated file ships in the tarball.
 openapi_out=pkg/generated/openapi/zz_generated.openapi.go
 if [ ! -s "$openapi_out" ]; then
 	log "building openapi-gen and generating $openapi_out"
-	go build -trimpath -o "$build_dir/$src_version/openapi-gen" "$pkg/vendor/k8s.io/kube-openapi/cmd/openapi-gen"
-	inputs=$(sed -e '/^[[:space:]]*$/d' -e "s|^|$pkg/|" "$here/k8s-$version-openapi-gen-inputs.txt" | paste -sd, -)
+	go build -trimpath -o "$build_dir/$src_version/openapi-gen" \
+		"$pkg/vendor/k8s.io/kube-openapi/cmd/openapi-gen"
+	inputs=$(sed -e '/^[[:space:]]*$/d' -e "s|^|$pkg/|" \
+		"$here/k8s-$version-openapi-gen-inputs.txt" | paste -sd, -)
 	report=$build_dir/$src_version/violations.report
 	# GOROOT set explicitly: a -trimpath binary has no GOROOT of its own, and openapi-gen parses
 	# the standard library's sources (time.Duration fields), failing with "invalid type" without.

@@ -36,7 +36,8 @@ newer_on_path() {
 	local found
 	command -v kube-apiserver >/dev/null || return 1
 	found=$(kube-apiserver --version 2>/dev/null | sed -n 's/^Kubernetes v\([0-9][0-9.]*\).*/\1/p')
-	[ -n "$found" ] && [ "$(printf '%s\n%s\n' "$version" "$found" | sort -V | head -n 1)" = "$version" ]
+	[ -n "$found" ] || return 1
+	[ "$(printf '%s\n%s\n' "$version" "$found" | sort -V | head -n 1)" = "$version" ]
 }
 
 need_build=0
