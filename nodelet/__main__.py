@@ -2,6 +2,6 @@
 
 import sys
 
-from nodelet.cli import main
+from nodelet.cli.main import main
 
 sys.exit(main())

@@ -13,20 +13,21 @@ import signal
 import time
 from typing import Any
 
-from nodelet import loggc, podschema
-from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig, ensure_private_dir
+from nodelet.logs import retention
+from nodelet.manifest import schema
+from nodelet.manifest.source import ManifestSource, SourceSnapshot
 from nodelet.model import Rejection
-from nodelet.podworker import WorkerContext, describe
-from nodelet.podworkers import PodWorkers
+from nodelet.pod.backoff import Backoff
+from nodelet.pod.worker import WorkerContext, describe
+from nodelet.pod.workers import PodWorkers
 from nodelet.runtime.api import Runtime
-from nodelet.server import (
+from nodelet.server.local import (
     LocalServer,
     redact_pod_list,
     redacted_rejection_list,
     rejection_list,
 )
-from nodelet.source import ManifestSource, SourceSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Agent:
             len(known),
         )
         self.pods.adopt(known)
-        warm = asyncio.create_task(asyncio.to_thread(podschema.preload), name="schema-preload")
+        warm = asyncio.create_task(asyncio.to_thread(schema.preload), name="schema-preload")
         self._background.add(warm)
         warm.add_done_callback(self._background.discard)
         await self.server.start()  # the TCP port only when healthz_port is set
@@ -109,12 +110,12 @@ class Agent:
         """Remove the logs of removed pods, once the manifest dir was read completely (as
         kubelet's GC waits for all sources), never those of a pod that still exists."""
         while True:
-            await asyncio.sleep(loggc.GC_PERIOD_SECONDS)
+            await asyncio.sleep(retention.GC_PERIOD_SECONDS)
             if not self.pods.sources_ready:
                 continue
             live = set(self.pods.desired) | set(self.pods.workers)
             try:
-                await asyncio.to_thread(loggc.sweep, self.config.pod_logs_dir, live)
+                await asyncio.to_thread(retention.sweep, self.config.pod_logs_dir, live)
             except Exception:
                 log.exception("log garbage collection failed")
 

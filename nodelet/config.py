@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodelet.backoff import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS
+from nodelet.pod.backoff import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS
 
 log = logging.getLogger(__name__)
 

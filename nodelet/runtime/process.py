@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodelet import safepath
 from nodelet.holder import protocol
 from nodelet.runtime import journal, leftovers, rundir
 from nodelet.runtime.api import (
@@ -33,7 +32,8 @@ from nodelet.runtime.api import (
 )
 from nodelet.runtime.holderclient import HolderClient, HolderGoneError
 from nodelet.runtime.sandbox import Sandbox
-from nodelet.runtime.zygoteclient import ZygoteClient
+from nodelet.runtime.zygote import ZygoteClient
+from nodelet.util import safepath
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from nodelet import defaults
-from nodelet.backoff import Backoff
 from nodelet.config import AgentConfig
+from nodelet.manifest import defaults
+from nodelet.manifest.source import SourceSnapshot
 from nodelet.model import StaticPod
-from nodelet.podworker import WorkerContext, WorkerState, pod_record
-from nodelet.podworkers import PodWorkers
+from nodelet.pod.backoff import Backoff
+from nodelet.pod.worker import WorkerContext, WorkerState, pod_record
+from nodelet.pod.workers import PodWorkers
 from nodelet.runtime.api import ContainerConfig, ContainerStartError
-from nodelet.source import SourceSnapshot
 from tests.fakes.runtime import FakeClock, FakeRuntime
 
 pytestmark = pytest.mark.component

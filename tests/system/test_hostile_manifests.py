@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from watchdog.events import FileClosedEvent
 
-from nodelet.manifests import display_path
+from nodelet.manifest.load import display_path
+from nodelet.manifest.source import ManifestSource, SourceSnapshot, writers_of
 from nodelet.model import ManifestError, Rejection, StaticPod
-from nodelet.source import ManifestSource, SourceSnapshot, writers_of
 from tests.agentharness import NODE, Agent, agent_session, process_gone, wait_for
 from tests.badmanifests import BAD_FILE_NAMES, HOSTILE, BadManifest, encoded, pod
 from tests.system.conftest import FAST_BACKOFF

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.source import ManifestSource, SourceSnapshot
+from nodelet.manifest.source import ManifestSource, SourceSnapshot
 
 pytestmark = pytest.mark.system
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from nodelet.actions import StartFailure, compute_pod_actions
-from nodelet.backoff import Backoff
+from nodelet.pod.actions import StartFailure, compute_pod_actions
+from nodelet.pod.backoff import Backoff
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
 
 pytestmark = pytest.mark.unit

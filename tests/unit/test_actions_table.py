@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.actions import (
+from nodelet.pod.actions import (
     PodActions,
     StartAction,
     StartFailure,
@@ -18,7 +18,7 @@ from nodelet.actions import (
     sandbox_backoff_key,
     should_restart,
 )
-from nodelet.backoff import Backoff
+from nodelet.pod.backoff import Backoff
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
 
 pytestmark = pytest.mark.unit

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodelet.backoff import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS, Backoff
+from nodelet.pod.backoff import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS, Backoff
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodelet.backoff import Backoff
+from nodelet.pod.backoff import Backoff
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nodelet import defaults, manifests, validation
-from nodelet.manifests import display_path, load_manifest
+from nodelet.manifest import defaults, load, validation
+from nodelet.manifest.load import display_path, load_manifest
 from nodelet.model import Rejection, StaticPod
 from tests.badmanifests import BAD_FILE_NAMES, BAD_MANIFESTS, BadManifest, pod
 
@@ -95,7 +95,7 @@ def test_an_unexpected_exception_becomes_the_files_rejection(
     monkeypatch.setattr(validation, "validate", broken)
     path = tmp_path / "pod.yaml"
     path.write_text(json.dumps(pod()))
-    with caplog.at_level(logging.ERROR, logger=manifests.__name__):
+    with caplog.at_level(logging.ERROR, logger=load.__name__):
         result = load_manifest(str(path), "nlt-node")
     assert isinstance(result, Rejection)
     assert [str(e) for e in result.errors] == [

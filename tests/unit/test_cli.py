@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.cli import duration, pod_display_status
+from nodelet.cli.main import duration, pod_display_status
 
 pytestmark = pytest.mark.unit
 

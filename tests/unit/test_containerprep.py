@@ -5,14 +5,14 @@ from typing import Any
 
 import pytest
 
-from nodelet.containerprep import (
+from nodelet.model import StaticPod
+from nodelet.pod.containerprep import (
     HOST_PATH_ENV,
     ContainerConfigError,
     PodContext,
     build_container_config,
     pod_hostname,
 )
-from nodelet.model import StaticPod
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nodelet.crilogs import iter_messages, parse_line
 from nodelet.holder.crilog import MAX_LINE, StreamLog, timestamp
+from nodelet.logs.reader import iter_messages, parse_line
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nodelet.crilogs import (
+from nodelet.cli.logs import add_logs_arguments, run_logs
+from nodelet.logs.reader import (
     LogChunk,
     LogMessage,
     LogsError,
@@ -22,7 +23,6 @@ from nodelet.crilogs import (
     iter_messages,
     parse_line,
 )
-from nodelet.logscmd import add_logs_arguments, run_logs
 
 pytestmark = pytest.mark.unit
 

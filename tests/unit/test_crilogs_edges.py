@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodelet.crilogs import (
+from nodelet.logs.reader import (
     READ_SIZE,
     LogChunk,
     LogMessage,

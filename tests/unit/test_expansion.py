@@ -1,6 +1,6 @@
 import pytest
 
-from nodelet.expansion import expand
+from nodelet.pod.expansion import expand
 
 pytestmark = pytest.mark.unit
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from nodelet.cli import LocalAPIClient, build_parser, fetch_unix
+from nodelet.cli.main import LocalAPIClient, build_parser, fetch_unix
 from nodelet.config import AgentConfig, UnsafeDirError, ensure_private_dir
-from nodelet.manifests import load_manifest
+from nodelet.manifest.load import load_manifest
 from nodelet.model import ManifestError, Rejection
-from nodelet.server import (
+from nodelet.server.local import (
     REDACTED,
     LocalServer,
     public_field_path,

@@ -22,9 +22,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodelet import cli, containerprep, volumes
-from nodelet.manifests import load_manifest
+from nodelet.cli import main as cli_main
+from nodelet.manifest.load import load_manifest
 from nodelet.model import Rejection, StaticPod
+from nodelet.pod import containerprep, volumes
 
 pytestmark = pytest.mark.unit
 
@@ -297,7 +298,7 @@ def test_validate_command_answers_every_document(data: bytes, workdir: Path) -> 
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(["validate", "--hostname-override", NODE, path])
+            code = cli_main.main(["validate", "--hostname-override", NODE, path])
     finally:
         os.unlink(path)
     assert code in (0, 1)

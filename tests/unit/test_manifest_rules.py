@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.manifests import check_pod, is_ignored, load_manifest
+from nodelet.manifest.load import check_pod, is_ignored, load_manifest
 from nodelet.model import Rejection, StaticPod
 
 pytestmark = pytest.mark.unit

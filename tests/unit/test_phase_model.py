@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.status import get_phase
+from nodelet.pod.status import get_phase
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 import pytest
 
+from nodelet.manifest.podconfig import OpKind, diff
 from nodelet.model import StaticPod
-from nodelet.podconfig import OpKind, diff
 
 pytestmark = pytest.mark.unit
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from nodelet import loggc, safepath
-from nodelet.actions import compute_pod_actions, sandbox_backoff_key
-from nodelet.backoff import Backoff
 from nodelet.holder import protocol
-from nodelet.podworker import RecordError, pod_from_record
+from nodelet.logs import retention
+from nodelet.pod.actions import compute_pod_actions, sandbox_backoff_key
+from nodelet.pod.backoff import Backoff
+from nodelet.pod.worker import RecordError, pod_from_record
 from nodelet.runtime import journal, rundir
 from nodelet.runtime.api import SandboxStatus
+from nodelet.util import safepath
 
 pytestmark = pytest.mark.unit
 
@@ -200,17 +201,17 @@ def test_a_dying_holder_is_recreated_with_back_off() -> None:
 
 def test_log_gc_removes_only_marked_dirs_of_gone_pods(tmp_path: Path) -> None:
     gone, live, foreign = (tmp_path / f"default_{n}_uid-{n}" for n in ("gone", "live", "other"))
-    loggc.mark(gone)
-    loggc.mark(live)
+    retention.mark(gone)
+    retention.mark(live)
     foreign.mkdir()
     old = time.time() - 120
     for path in (gone, live, foreign):
         os.utime(path, (old, old))
-    assert loggc.sweep(tmp_path, {"uid-live"}) == 1
+    assert retention.sweep(tmp_path, {"uid-live"}) == 1
     assert not gone.exists() and live.exists() and foreign.exists()
     fresh = tmp_path / "default_new_uid-new"
-    loggc.mark(fresh)
-    assert loggc.sweep(tmp_path, {"uid-live"}) == 0  # removed pods keep their logs a while
+    retention.mark(fresh)
+    assert retention.sweep(tmp_path, {"uid-live"}) == 0  # removed pods keep their logs a while
     assert fresh.exists()
 
 

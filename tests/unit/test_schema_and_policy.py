@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from nodelet import fieldpolicy, podschema
-from nodelet.fieldpolicy import Policy, pattern_of, policy_of, policy_table
-from nodelet.manifests import check_pod
+from nodelet.manifest import fieldpolicy
+from nodelet.manifest import schema as podschema
+from nodelet.manifest.fieldpolicy import Policy, pattern_of, policy_of, policy_table
+from nodelet.manifest.load import check_pod
 
 pytestmark = pytest.mark.unit
 

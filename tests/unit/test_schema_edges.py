@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from nodelet import podschema
-from nodelet.podschema import describe, join, plain, show, text_problem
-from nodelet.validation import pod_uid, validate
+from nodelet.manifest import schema as podschema
+from nodelet.manifest.schema import describe, join, plain, show, text_problem
+from nodelet.manifest.validation import pod_uid, validate
 
 pytestmark = pytest.mark.unit
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
-from nodelet.actions import PodActions, Waiting
 from nodelet.model import StaticPod
+from nodelet.pod.actions import PodActions, Waiting
+from nodelet.pod.status import build_pod_status
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
-from nodelet.status import build_pod_status
 
 pytestmark = pytest.mark.unit
 

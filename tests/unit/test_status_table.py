@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from nodelet.actions import PodActions, Waiting
 from nodelet.model import StaticPod
-from nodelet.runtime.api import ContainerRecord, SandboxStatus
-from nodelet.status import (
+from nodelet.pod.actions import PodActions, Waiting
+from nodelet.pod.status import (
     LOGS_DROPPED_CONDITION,
     build_pod_status,
     container_status,
@@ -18,6 +17,7 @@ from nodelet.status import (
     qos_class,
     rfc3339,
 )
+from nodelet.runtime.api import ContainerRecord, SandboxStatus
 
 pytestmark = pytest.mark.unit
 

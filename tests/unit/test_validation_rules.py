@@ -1,4 +1,4 @@
-"""Every semantic rule of ``nodelet.validation``, one broken field at a time: exactly one error,
+"""Every semantic rule of ``nodelet.manifest.validation``, one broken field at a time: exactly one error,
 with the field path and the reason an operator reads, and its valid neighbours accepted."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nodelet.validation import dns_label, dns_subdomain, validate
+from nodelet.manifest.validation import dns_label, dns_subdomain, validate
 
 pytestmark = pytest.mark.unit
 

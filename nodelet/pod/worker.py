@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodelet import loggc, podschema, safepath
-from nodelet.actions import (
+from nodelet.config import AgentConfig
+from nodelet.logs import retention
+from nodelet.manifest import schema
+from nodelet.model import StaticPod
+from nodelet.pod.actions import (
     PodActions,
     StartAction,
     StartFailure,
@@ -26,17 +29,16 @@ from nodelet.actions import (
     compute_pod_actions,
     sandbox_backoff_key,
 )
-from nodelet.aio import wait_event
-from nodelet.backoff import Backoff
-from nodelet.config import AgentConfig
-from nodelet.containerprep import (
+from nodelet.pod.backoff import Backoff
+from nodelet.pod.containerprep import (
     ContainerConfigError,
     PodContext,
     build_container_config,
     pod_hostname,
     pod_log_dir,
 )
-from nodelet.model import StaticPod
+from nodelet.pod.status import build_pod_status
+from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
 from nodelet.runtime.api import (
     START_ERROR,
     ContainerStartError,
@@ -44,8 +46,8 @@ from nodelet.runtime.api import (
     SandboxConfig,
     SandboxStatus,
 )
-from nodelet.status import build_pod_status
-from nodelet.volumes import VolumeError, prepare_volumes, remove_pod_volumes
+from nodelet.util import safepath
+from nodelet.util.aio import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def pod_from_record(record: dict[str, Any], uid: str) -> StaticPod:
         raise RecordError(f"record is for uid {record['uid'][:64]!r}")
     manifest = record.get("manifest")
     problems: list[str] = []
-    podschema.check(manifest, "V1Pod", "manifest", lambda f, why: problems.append(f"{f}: {why}"))
+    schema.check(manifest, "V1Pod", "manifest", lambda f, why: problems.append(f"{f}: {why}"))
     if not isinstance(manifest, dict) or problems:
         raise RecordError("; ".join(problems[:3]) or "manifest is not an object")
     spec = manifest.get("spec")
@@ -262,7 +264,7 @@ class PodWorker:
     async def _create_sandbox(self) -> SandboxStatus:
         pod, config = self.pod, self._ctx.config
         spec = pod.spec
-        loggc.mark(pod_log_dir(config.pod_logs_dir, pod))
+        retention.mark(pod_log_dir(config.pod_logs_dir, pod))
         sandbox_config = SandboxConfig(
             pod_uid=pod.uid,
             pod_namespace=pod.namespace,

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from nodelet.podschema import join
+from nodelet.manifest.schema import join
 
 
 class Policy(enum.Enum):

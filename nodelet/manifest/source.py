@@ -45,9 +45,9 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from nodelet.aio import wait_event
-from nodelet.manifests import display_path, internal_error, is_ignored, load_manifest
+from nodelet.manifest.load import display_path, internal_error, is_ignored, load_manifest
 from nodelet.model import ManifestError, Rejection, StaticPod
+from nodelet.util.aio import wait_event
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def _add_client_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nodelet.logscmd import add_logs_arguments
+    from nodelet.cli.logs import add_logs_arguments
 
     parser = argparse.ArgumentParser(
         prog="nodelet", description="A kubelet-like node agent for static pods."
@@ -138,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nodelet import nodeinfo
     from nodelet.agent import Agent
     from nodelet.config import UnsafeDirError
     from nodelet.runtime.process import ProcessRuntime
+    from nodelet.util import nodeinfo
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -168,9 +168,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from nodelet import nodeinfo
-    from nodelet.manifests import load_manifest
+    from nodelet.manifest.load import load_manifest
     from nodelet.model import Rejection
+    from nodelet.util import nodeinfo
 
     node = nodeinfo.node_name(args.hostname_override)
     failed = 0
@@ -353,7 +353,7 @@ def _pods(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from nodelet.logscmd import run_logs
+    from nodelet.cli.logs import run_logs
 
     if getattr(args, "uid", None) is None:
         client = LocalAPIClient(args.run_dir, args.healthz_port)

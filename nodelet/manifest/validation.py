@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nodelet.podschema import plain, show
+from nodelet.manifest.schema import plain, show
 
 ErrorSink = Callable[[str, str], None]
 

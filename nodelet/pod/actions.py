@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodelet.backoff import Backoff
+from nodelet.pod.backoff import Backoff
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
 
 CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"

@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from nodelet.actions import PodActions
 from nodelet.model import StaticPod
+from nodelet.pod.actions import PodActions
 from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
 
 Json = dict[str, Any]

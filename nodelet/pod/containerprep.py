@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodelet import safepath
-from nodelet.expansion import expand
 from nodelet.model import StaticPod
+from nodelet.pod.expansion import expand
 from nodelet.runtime.api import ContainerConfig, Mount
+from nodelet.util import safepath
 
 HOST_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH for the ``host`` image, which has no image config to take one from."""

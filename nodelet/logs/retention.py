@@ -12,7 +12,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from nodelet import safepath
+from nodelet.util import safepath
 
 log = logging.getLogger(__name__)
 

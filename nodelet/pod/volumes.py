@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodelet import safepath
+from nodelet.util import safepath
 
 
 class VolumeError(Exception):

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from nodelet.crilogs import (
+from nodelet.logs.reader import (
     LogsError,
     PodRef,
     container_dir,

@@ -17,10 +17,11 @@ import functools
 import logging
 from typing import Any
 
-from nodelet import podconfig
+from nodelet.manifest import podconfig
+from nodelet.manifest.podconfig import OpKind
+from nodelet.manifest.source import SourceSnapshot
 from nodelet.model import StaticPod
-from nodelet.podconfig import OpKind
-from nodelet.podworker import (
+from nodelet.pod.worker import (
     DEFAULT_GRACE_SECONDS,
     PodWorker,
     RecordError,
@@ -29,7 +30,6 @@ from nodelet.podworker import (
     pod_from_record,
 )
 from nodelet.runtime.api import KnownPod
-from nodelet.source import SourceSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ the agent from handling the others.
 
 Messages never echo the file's text: a manifest dir may hold a link to any file, and
 rejections are shown to readers who may not read it. They quote at most a short piece
-(``podschema.QUOTE_LIMIT`` characters) of a value, escaped.
+(``schema.QUOTE_LIMIT`` characters) of a value, escaped.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from nodelet import defaults, fieldpolicy, podschema, validation
+from nodelet.manifest import defaults, fieldpolicy, schema, validation
+from nodelet.manifest.schema import describe, show
 from nodelet.model import ManifestError, Rejection, StaticPod
-from nodelet.podschema import describe, show
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _StrictLoader(yaml.SafeLoader):
         if len(self.construct_scalar(node)) > MAX_INT_CHARS:
             raise _InvalidError(f"integer out of range: must fit in 64 bits ({_line(node)})")
         value = super().construct_yaml_int(node)
-        if not podschema.INT64_MIN <= value <= podschema.INT64_MAX:
+        if not schema.INT64_MIN <= value <= schema.INT64_MAX:
             raise _InvalidError(f"integer out of range: must fit in 64 bits ({_line(node)})")
         return value
 
@@ -191,7 +191,7 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 def _library_text(text: str, limit: int = 120) -> str:
     """A library message on one line and short: some quote a tag or handle from the file, so
-    each quoted part is cut to ``podschema.QUOTE_LIMIT`` characters too."""
+    each quoted part is cut to ``schema.QUOTE_LIMIT`` characters too."""
     flat = " ".join(text.split())
     flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
     flat = _QUOTED.sub(lambda m: _cut(m.group()), flat)
@@ -200,9 +200,9 @@ def _library_text(text: str, limit: int = 120) -> str:
 
 def _cut(quoted: str) -> str:
     inner = quoted[1:-1]
-    if len(inner) <= podschema.QUOTE_LIMIT:
+    if len(inner) <= schema.QUOTE_LIMIT:
         return quoted
-    return f"{quoted[0]}{inner[: podschema.QUOTE_LIMIT]}{quoted[0]}... ({len(inner)} characters)"
+    return f"{quoted[0]}{inner[: schema.QUOTE_LIMIT]}{quoted[0]}... ({len(inner)} characters)"
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -255,7 +255,7 @@ def check_pod(obj: dict[str, Any], node_name: str) -> list[tuple[str, str]]:
     def sink(field: str, reason: str) -> None:
         problems.append((field, reason))
 
-    podschema.check(obj, "V1Pod", "", sink)
+    schema.check(obj, "V1Pod", "", sink)
     malformed = tuple(field for field, _ in problems)
 
     def later_sink(field: str, reason: str) -> None:
