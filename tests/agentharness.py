@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from nodelet.cli.main import fetch_unix
+from nodelet.cli.client import fetch_unix
 from nodelet.config import SOCKET_NAME
 
 NODE = "nlt-node"

@@ -3,7 +3,8 @@ from typing import Any
 
 import pytest
 
-from nodelet.cli.main import duration, pod_display_status
+from nodelet.cli.pods import pod_display_status
+from nodelet.cli.run import duration
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from nodelet.cli.main import LocalAPIClient, build_parser, fetch_unix
+from nodelet.cli.client import LocalAPIClient, fetch_unix
+from nodelet.cli.main import build_parser
 from nodelet.config import AgentConfig, UnsafeDirError, ensure_private_dir
 from nodelet.manifest.load import load_manifest
 from nodelet.model import ManifestError, Rejection

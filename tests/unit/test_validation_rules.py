@@ -1,5 +1,6 @@
-"""Every semantic rule of ``nodelet.manifest.validation``, one broken field at a time: exactly one error,
-with the field path and the reason an operator reads, and its valid neighbours accepted."""
+"""Every semantic rule of ``nodelet.manifest.validation``, one broken field at a time: exactly
+one error, with the field path and the reason an operator reads, and its valid neighbours
+accepted."""
 
 from __future__ import annotations
 
