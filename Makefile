@@ -4,7 +4,7 @@
 #   make run     run the agent in the foreground on ./static-pods
 #   make test    every test tier (unit, system, e2e); most need root
 #   make envtest  etcd, kubectl and a kube-apiserver built from Debian's source, for the e2e tier
-#   make lint    ruff check, ruff format --check, mypy
+#   make lint    ruff check, ruff format --check, mypy, import-linter layer contracts
 #   make bench   run every bench/*.py
 #   make mutation  mutation check of the pure modules against the unit tests, prints the score
 #   make clean   remove .venv and caches
@@ -98,6 +98,7 @@ lint: deps
 	$(BIN)/ruff check . || status=1; \
 	$(BIN)/ruff format --check . || status=1; \
 	$(BIN)/mypy || status=1; \
+	$(BIN)/lint-imports --no-cache || status=1; \
 	exit $$status
 
 bench: deps
