@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from nodelet.config import AgentConfig
 from nodelet.logs.reader import (
     LogsError,
     PodRef,
@@ -48,7 +49,7 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pod-logs-dir",
         type=Path,
-        default=Path("/var/log/pods"),
+        default=AgentConfig.pod_logs_dir,
         help="where the agent writes container logs (default: %(default)s)",
     )
     parser.add_argument(

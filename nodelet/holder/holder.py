@@ -230,11 +230,6 @@ class Holder:
             elif op == protocol.OP_STOP:
                 self._stop(request["name"], float(request.get("grace_seconds", 0)))
                 reply["ok"] = True
-            elif op == protocol.OP_STATE:
-                reply.update(ok=True, containers=[
-                    {"name": c.name, "attempt": c.attempt, "pid": c.host_pid}
-                    for c in self.containers.values()
-                ])  # fmt: skip
             elif op == protocol.OP_SHUTDOWN:
                 self._shutdown(float(request.get("grace_seconds", DEFAULT_SHUTDOWN_GRACE)))
                 reply["ok"] = True

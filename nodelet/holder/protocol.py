@@ -23,7 +23,6 @@ HOLDER_ID_NAME = "holder.json"
 
 OP_SPAWN = "spawn"
 OP_STOP = "stop"
-OP_STATE = "state"
 OP_SHUTDOWN = "shutdown"
 
 

@@ -15,16 +15,12 @@ import os
 import time
 from typing import Any
 
-from nodelet.holder.crilog import timestamp
+from nodelet.util.timefmt import rfc3339_nano
 
 HASH_ANNOTATION = "kubernetes.io/config.hash"
 SOURCE_ANNOTATION = "kubernetes.io/config.source"
 SEEN_ANNOTATION = "kubernetes.io/config.seen"
 NO_EXECUTE_TOLERATION = {"operator": "Exists", "effect": "NoExecute"}
-
-
-def rfc3339_nano(epoch: float) -> str:
-    return timestamp(int(epoch * 1_000_000_000))
 
 
 def _pull_policy(image: str) -> str:

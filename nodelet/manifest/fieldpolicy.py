@@ -174,8 +174,3 @@ def _walk(value: Any, path: str, error: Callable[[str, str], None]) -> None:
         elif policy is Policy.FORBIDDEN:
             what = _WHY_FORBIDDEN.get(key, "API objects")
             error(child, f"static pods may not reference {what}")
-
-
-def policy_table() -> list[tuple[str, str]]:
-    """(pattern, policy) for documentation."""
-    return [(p, v.value) for p, v in TABLE.items() if p and v is not Policy.STRUCT]

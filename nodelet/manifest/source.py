@@ -45,13 +45,13 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from nodelet.manifest.defaults import SEEN_ANNOTATION
 from nodelet.manifest.load import display_path, internal_error, is_ignored, load_manifest
 from nodelet.model import ManifestError, Rejection, StaticPod
 from nodelet.util.aio import wait_event
 
 log = logging.getLogger(__name__)
 
-SEEN_ANNOTATION = "kubernetes.io/config.seen"
 DEBOUNCE_SECONDS = 0.005
 """Coalesces the burst of events one write makes (create, modify, close) into one relist."""
 

@@ -60,8 +60,3 @@ class Backoff:
         """Drop every window of a pod once it is gone."""
         for key in [k for k in self._entries if k.startswith(prefix)]:
             del self._entries[key]
-
-    def gc(self, now: float) -> None:
-        """Drop windows not touched for ``2 * maximum``, as kubelet's periodic GC does."""
-        for key in [k for k, e in self._entries.items() if now - e.last_update > 2 * self.maximum]:
-            del self._entries[key]

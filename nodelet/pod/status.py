@@ -5,20 +5,15 @@ Pure: the caller passes the clock and the previous status (for condition transit
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from nodelet.model import StaticPod
 from nodelet.pod.actions import PodActions
 from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
+from nodelet.util.timefmt import rfc3339
 
 Json = dict[str, Any]
-
-
-def rfc3339(epoch: float) -> str:
-    """metav1.Time's wire format: second precision, UTC."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def container_id(pod_uid: str, record: ContainerRecord) -> str:

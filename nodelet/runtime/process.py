@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodelet.holder import protocol
+from nodelet.holder import linux, protocol
 from nodelet.runtime import journal, leftovers, rundir
 from nodelet.runtime.api import (
     ChangeCallback,
@@ -37,7 +36,6 @@ from nodelet.util import safepath
 
 log = logging.getLogger(__name__)
 
-PR_SET_CHILD_SUBREAPER = 36
 HOLDER_READY_TIMEOUT = 10.0
 ADOPT_CONNECT_TIMEOUT = 2.0
 """At start-up a holder that has not said hello by then is left for later: start-up never
@@ -70,9 +68,7 @@ class ProcessRuntime:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # holders are reparented to us
         rundir.make_private_dir(self.run_dir)
         rundir.make_private_dir(self.pods_dir)
         self._zygote.start()

@@ -54,11 +54,9 @@ def test_crash_after_long_enough_run_inside_window_waits_only_the_rest() -> None
     assert backoff.remaining("k", 5.0, 12.0) == pytest.approx(13.0)
 
 
-def test_forget_prefix_and_gc() -> None:
+def test_forget_prefix() -> None:
     backoff = Backoff()
     backoff.next("a/x", 0.0, 0.0)
     backoff.next("b/x", 0.0, 0.0)
     backoff.forget_prefix("a/")
     assert backoff.get("a/x") == 0.0 and backoff.get("b/x") == 10.0
-    backoff.gc(now=601.0)
-    assert backoff.get("b/x") == 0.0

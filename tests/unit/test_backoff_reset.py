@@ -80,16 +80,6 @@ def test_the_window_is_measured_from_the_last_restart_not_the_first() -> None:
     assert backoff.remaining(KEY, 31.5, 31.5) == 0.0  # 16.5 s after it: reset
 
 
-def test_gc_drops_only_windows_idle_for_more_than_twice_the_maximum() -> None:
-    backoff = Backoff(initial=1.0, maximum=8.0)
-    backoff.next("a/x", 0.0, 100.0)
-    backoff.next("b/x", 0.0, 110.0)
-    backoff.gc(now=116.0)
-    assert backoff.get("a/x") == 1.0 and backoff.get("b/x") == 1.0
-    backoff.gc(now=116.5)
-    assert backoff.get("a/x") == 0.0 and backoff.get("b/x") == 1.0
-
-
 def test_forget_prefix_drops_one_pods_windows_only() -> None:
     backoff = Backoff()
     for key in ("pod1/a", "pod1/b", "pod10/a", "pod2/a"):

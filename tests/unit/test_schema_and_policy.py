@@ -9,7 +9,7 @@ import pytest
 
 from nodelet.manifest import fieldpolicy
 from nodelet.manifest import schema as podschema
-from nodelet.manifest.fieldpolicy import Policy, pattern_of, policy_of, policy_table
+from nodelet.manifest.fieldpolicy import Policy, pattern_of, policy_of
 from nodelet.manifest.load import check_pod
 
 pytestmark = pytest.mark.unit
@@ -304,15 +304,6 @@ def test_a_non_default_value_of_a_defaulted_field_is_refused() -> None:
     refused = with_container(securityContext={"procMount": "Unmasked"})
     assert [f for f, _ in policy(refused)] == ["spec.containers[0].securityContext.procMount"]
     assert [f for f, _ in policy(with_container(stdin=True))] == ["spec.containers[0].stdin"]
-
-
-def test_the_policy_table_lists_only_leaf_decisions() -> None:
-    table = dict(policy_table())
-    assert table["spec.hostNetwork"] == "implemented"
-    assert table["spec.affinity"] == "no effect"
-    assert table["spec.volumes[].secret"] == "forbidden"
-    assert table["spec.initContainers[].restartPolicy"] == "unsupported"
-    assert "spec" not in table and "spec.containers" not in table and "" not in table
 
 
 @pytest.mark.parametrize(

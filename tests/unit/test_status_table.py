@@ -15,9 +15,9 @@ from nodelet.pod.status import (
     container_status,
     get_phase,
     qos_class,
-    rfc3339,
 )
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
+from nodelet.util.timefmt import rfc3339
 
 pytestmark = pytest.mark.unit
 

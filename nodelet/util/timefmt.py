@@ -1,0 +1,17 @@
+"""The two time formats of the Kubernetes API, in one place."""
+
+from __future__ import annotations
+
+import time
+
+from nodelet.holder.crilog import timestamp
+
+
+def rfc3339(epoch: float) -> str:
+    """metav1.Time's wire format: second precision, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def rfc3339_nano(epoch: float) -> str:
+    """RFC 3339 with nanoseconds, as the CRI logs and ``config.seen`` carry it."""
+    return timestamp(int(epoch * 1_000_000_000))
