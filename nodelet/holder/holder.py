@@ -14,7 +14,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,6 @@ DEFAULT_SHUTDOWN_GRACE = 2.0
 LOG_DROP_REPORT_SECONDS = 1.0
 """At most one dropped-log-lines report per container per this many seconds."""
 CLIENT_SEND_TIMEOUT = 2.0
-START_ERROR_EXIT_CODE = 128
-"""What containerd reports for a container whose exec failed."""
 
 
 @dataclass
@@ -170,7 +168,7 @@ class Holder:
         if not container.streams:
             procfs.close(container.log_fd)
 
-    def _record(self, entry: dict[str, Any]) -> None:
+    def _record(self, entry: protocol.StartEntry | protocol.ExitEntry) -> None:
         """Journal first (durable, or kept and retried), then tell the agent if one listens."""
         self.journal.append(entry)
         self._send(entry)
@@ -195,7 +193,7 @@ class Holder:
             self.client.close()
             self.client = None
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: Mapping[str, Any]) -> None:
         if self.client is None:
             return
         try:
@@ -238,12 +236,12 @@ class Holder:
         except (KeyError, TypeError, ValueError) as err:
             reply.update(ok=False, reason="BadRequest", message=f"{op}: {err!r}")
         except OSError as err:  # pipe/fork/open failed (EMFILE, EAGAIN, ENOSPC): retried later
-            reply.update(ok=False, reason="CreateContainerError", message=f"{op}: {err}")
+            reply.update(ok=False, reason=protocol.SETUP_ERROR, message=f"{op}: {err}")
         self._send(reply)
 
     # -- containers -------------------------------------------------------------------------
 
-    def _spawn(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def _spawn(self, spec: protocol.ContainerSpec) -> dict[str, Any]:
         name = spec["name"]
         if self.exiting:
             return {"ok": False, "reason": "PodTerminating", "message": "the pod is stopping"}
@@ -255,7 +253,7 @@ class Holder:
             for _ in range(3):
                 pipes.extend(os.pipe())
             out_r, out_w, err_r, err_w, status_r, status_w = pipes
-            new_pid_namespace = bool(spec.get("own_pid_namespace"))
+            new_pid_namespace = spec["own_pid_namespace"]
             pid = linux.fork(self.pid_namespace if new_pid_namespace else None)
         except OSError:
             for fd in [*pipes, log_fd]:
@@ -272,10 +270,10 @@ class Holder:
             for fd in (out_r, err_r, log_fd):
                 procfs.close(fd)
             details = json.loads(failure)
-            if details["reason"] == spawn.START_ERROR:
+            if details["reason"] == protocol.START_ERROR:
                 self._record_failed_start(spec, host_pid, details["message"])
             return {"ok": False, "reason": details["reason"], "message": details["message"]}
-        container = Container(name, int(spec["attempt"]), pid, time.time(), log_fd, host_pid)
+        container = Container(name, spec["attempt"], pid, time.time(), log_fd, host_pid)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             container.streams[fd] = StreamLog(log_fd, stream, log_error)
@@ -292,14 +290,15 @@ class Holder:
         """Our child ``pid`` as the host numbers it (the agent kills and checks by host pids)."""
         return pid if self.host_view else procfs.host_pid_of_child(pid)
 
-    def _record_failed_start(self, spec: dict[str, Any], pid: int, message: str) -> None:
+    def _record_failed_start(self, spec: protocol.ContainerSpec, pid: int, message: str) -> None:
         """exec failed: journal a run that ended at once with 128, as kubelet shows StartError."""
-        now = time.time()
-        run = {"name": spec["name"], "attempt": int(spec["attempt"]), "pid": pid, "started_at": now}
-        self._record({"type": "start", **run})
+        now, name, attempt = time.time(), spec["name"], spec["attempt"]
+        self._record({"type": "start", "name": name, "attempt": attempt, "pid": pid,
+                      "started_at": now})  # fmt: skip
         self._record({
-            "type": "exit", **run, "finished_at": now, "exit_code": START_ERROR_EXIT_CODE,
-            "signal": None, "reason": spawn.START_ERROR, "message": message,
+            "type": "exit", "name": name, "attempt": attempt, "pid": pid, "started_at": now,
+            "finished_at": now, "exit_code": protocol.START_ERROR_EXIT_CODE, "signal": None,
+            "reason": protocol.START_ERROR, "message": message,
         })  # fmt: skip
 
     def _reader(self, container: Container, fd: int) -> Callable[[], None]:

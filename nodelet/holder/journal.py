@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from nodelet.holder import protocol
 from nodelet.holder.procfs import say
@@ -24,11 +23,11 @@ class JournalWriter:
     def __init__(self, path: str, schedule: Scheduler) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._schedule = schedule
-        self.unwritten: list[dict[str, Any]] = []
+        self.unwritten: list[protocol.StartEntry | protocol.ExitEntry] = []
         """Records not on disk yet, oldest first."""
         self._retry_pending = False
 
-    def append(self, entry: dict[str, Any]) -> None:
+    def append(self, entry: protocol.StartEntry | protocol.ExitEntry) -> None:
         self.unwritten.append(entry)
         self._flush()
 

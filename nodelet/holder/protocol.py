@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict
 
 VERSION = 2
 """2: journal records carry a CRC32 and start on a fresh line; hello carries pending exits."""
@@ -21,12 +22,81 @@ TERMINATING_NAME = "terminating.json"
 HOLDER_ID_NAME = "holder.json"
 """The holder's pid and kernel start time, so it is recognised without its socket."""
 
+START_ERROR = "StartError"
+"""exec itself failed: a real (failed) run of the container, counted like kubelet counts it."""
+START_ERROR_EXIT_CODE = 128
+"""What containerd reports for a container whose exec failed."""
+SETUP_ERROR = "CreateContainerError"
+"""The spec could not be applied before exec: the container never existed."""
+
+
+class MountSpec(TypedDict):
+    source: str
+    target: str
+    read_only: bool
+
+
+class ContainerSpec(TypedDict):
+    """``spawn``'s container: fully prepared by the agent, applied by the holder as it is."""
+
+    name: str
+    attempt: int
+    argv: list[str]
+    env: dict[str, str]
+    log_path: str
+    working_dir: str | None
+    mounts: list[MountSpec]
+    run_as_user: int | None
+    run_as_group: int | None
+    supplemental_groups: list[int]
+    no_new_privileges: bool
+    own_pid_namespace: bool
+
+
+class SandboxRequest(TypedDict):
+    """What the zygote needs to fork a pod's holder (the namespaces to create: True = own)."""
+
+    pod_dir: str
+    pod_uid: str
+    hostname: str
+    net: bool
+    ipc: bool
+    uts: bool
+    pid: bool
+    grace_seconds: float | None
+
+
+class StartEntry(TypedDict):
+    """Journal record and pushed event: a container process exists (``pid``: host pid)."""
+
+    type: Literal["start"]
+    name: str
+    attempt: int
+    pid: int
+    started_at: float
+
+
+class ExitEntry(TypedDict):
+    """Journal record and pushed event: that process ended."""
+
+    type: Literal["exit"]
+    name: str
+    attempt: int
+    pid: int
+    started_at: float
+    finished_at: float
+    exit_code: int
+    signal: int | None
+    reason: NotRequired[str]
+    message: NotRequired[str]
+
+
 OP_SPAWN = "spawn"
 OP_STOP = "stop"
 OP_SHUTDOWN = "shutdown"
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: Any) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
@@ -37,7 +107,7 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def encode_record(entry: dict[str, Any]) -> bytes:
+def encode_record(entry: Mapping[str, Any]) -> bytes:
     """A journal record: ``\n<crc32 hex> <json>\n``.
 
     The leading newline keeps a record whole even after a torn or damaged line; the checksum

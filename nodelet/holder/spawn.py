@@ -11,21 +11,16 @@ import errno
 import json
 import os
 import signal
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from nodelet.holder import linux
-
-START_ERROR = "StartError"
-"""exec itself failed: a real (failed) run of the container, counted like kubelet counts it."""
-SETUP_ERROR = "CreateContainerError"
-"""The spec could not be applied before exec: the container never existed."""
+from nodelet.holder import linux, protocol
 
 
 class SetupError(Exception):
     """The spec cannot be applied; the message is what the operator sees."""
 
 
-def _bind_mounts(mounts: list[dict[str, Any]]) -> None:
+def _bind_mounts(mounts: list[protocol.MountSpec]) -> None:
     linux.unshare(linux.CLONE_NEWNS)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     for mount in mounts:
@@ -41,7 +36,7 @@ def _bind_mounts(mounts: list[dict[str, Any]]) -> None:
             linux.mount(None, target, None, flags)
 
 
-def _working_dir(path: str, mounts: list[dict[str, Any]]) -> None:
+def _working_dir(path: str, mounts: list[protocol.MountSpec]) -> None:
     """chdir to ``path``, creating it only inside a volume, and only as the container's user
     (this runs after the user switch): nothing is created that the user could not create."""
     if not os.path.isabs(path):
@@ -63,9 +58,9 @@ def _working_dir(path: str, mounts: list[dict[str, Any]]) -> None:
     os.chdir(path)
 
 
-def _identity(spec: dict[str, Any]) -> None:
-    user, group = spec.get("run_as_user"), spec.get("run_as_group")
-    groups = list(spec.get("supplemental_groups") or [])
+def _identity(spec: protocol.ContainerSpec) -> None:
+    user, group = spec["run_as_user"], spec["run_as_group"]
+    groups = list(spec["supplemental_groups"])
     if user is not None or group is not None or groups:
         os.setgroups(groups)
     if group is not None:
@@ -82,7 +77,7 @@ def _exec_error(argv0: str, err: OSError) -> str:
     return f'exec: "{argv0}": {os.strerror(err.errno or 0)}'
 
 
-def run(spec: dict[str, Any], stdout_w: int, stderr_w: int, status_w: int) -> NoReturn:
+def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: int) -> NoReturn:
     """In the forked child: never returns."""
     argv = [str(a) for a in spec["argv"]]
     try:
@@ -95,26 +90,26 @@ def run(spec: dict[str, Any], stdout_w: int, stderr_w: int, status_w: int) -> No
         os.dup2(devnull, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
-        mounts = list(spec.get("mounts") or [])
+        mounts = spec["mounts"]
         if mounts:
             _bind_mounts(mounts)
         _identity(spec)
-        if spec.get("working_dir"):
+        if spec["working_dir"]:
             _working_dir(spec["working_dir"], mounts)
-        if spec.get("no_new_privileges"):
+        if spec["no_new_privileges"]:
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
-            _fail(status_w, START_ERROR, _exec_error(argv[0], err))
+            _fail(status_w, protocol.START_ERROR, _exec_error(argv[0], err))
     except SetupError as err:
-        _fail(status_w, SETUP_ERROR, str(err))
+        _fail(status_w, protocol.SETUP_ERROR, str(err))
     except OSError as err:
-        _fail(status_w, SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
+        _fail(status_w, protocol.SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
     except BaseException as err:
-        _fail(status_w, SETUP_ERROR, repr(err))
+        _fail(status_w, protocol.SETUP_ERROR, repr(err))
 
 
 def _fail(status_w: int, reason: str, message: str) -> NoReturn:

@@ -22,20 +22,20 @@ from typing import Any
 from nodelet.holder import holder, linux, protocol
 
 
-def _namespace_flags(request: dict[str, Any]) -> int:
+def _namespace_flags(request: protocol.SandboxRequest) -> int:
     flags = 0
-    if request.get("net"):
+    if request["net"]:
         flags |= linux.CLONE_NEWNET
-    if request.get("ipc"):
+    if request["ipc"]:
         flags |= linux.CLONE_NEWIPC
-    if request.get("uts"):
+    if request["uts"]:
         flags |= linux.CLONE_NEWUTS
-    if request.get("pid"):
+    if request["pid"]:
         flags |= linux.CLONE_NEWPID
     return flags
 
 
-def _become_holder(request: dict[str, Any], report_w: int, channel: socket.socket) -> None:
+def _become_holder(request: protocol.SandboxRequest, report_w: int, channel: socket.socket) -> None:
     """In the intermediate child: new session and namespaces, fork the holder, report, exit."""
     channel.close()
     os.setsid()
@@ -58,9 +58,9 @@ def _become_holder(request: dict[str, Any], report_w: int, channel: socket.socke
             holder.run_holder(
                 request["pod_dir"],
                 request["pod_uid"],
-                request["hostname"] if request.get("uts") else None,
-                bool(request.get("net")),
-                request.get("grace_seconds"),
+                request["hostname"] if request["uts"] else None,
+                request["net"],
+                request["grace_seconds"],
             )
             code = 0
         except BaseException as err:
@@ -70,7 +70,7 @@ def _become_holder(request: dict[str, Any], report_w: int, channel: socket.socke
     os.write(report_w, str(pid).encode())
 
 
-def _create(request: dict[str, Any], channel: socket.socket) -> dict[str, Any]:
+def _create(request: protocol.SandboxRequest, channel: socket.socket) -> dict[str, Any]:
     report_r, report_w = os.pipe()
     intermediate = os.fork()
     if intermediate == 0:

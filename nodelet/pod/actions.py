@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodelet import reasons
 from nodelet.pod.backoff import Backoff
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
-
-CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def compute_pod_actions(
                     f"back-off {_duration(backoff.get(key))} re-creating the sandbox of "
                     f"pod={pod_name}"
                 )
-                actions = PodActions(sandbox_waiting=Waiting("SandboxBackOff", message))
+                actions = PodActions(sandbox_waiting=Waiting(reasons.SANDBOX_BACK_OFF, message))
                 actions.wake_no_later_than(now + remaining)
                 return actions
         return PodActions(create_sandbox=True)
@@ -192,7 +191,7 @@ def _start_or_back_off(
         remaining = inputs.backoff.remaining(key, failed_at, inputs.now)
         if remaining > 0:
             window = inputs.backoff.get(key)
-            reason = CRASH_LOOP_BACK_OFF
+            reason = reasons.CRASH_LOOP_BACK_OFF
             message = (
                 f"back-off {_duration(window)} restarting failed container={name} "
                 f"pod={inputs.pod_name}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from nodelet import reasons
 from nodelet.model import StaticPod
 from nodelet.pod.actions import PodActions
 from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
@@ -25,7 +26,7 @@ def _terminated(pod_uid: str, record: ContainerRecord) -> Json:
         # The process was lost with its holder: nothing journaled its end.
         return {
             "exitCode": UNKNOWN_EXIT_CODE,
-            "reason": "ContainerStatusUnknown",
+            "reason": reasons.CONTAINER_STATUS_UNKNOWN,
             "message": "The container could not be located when the pod was terminated",
             "startedAt": rfc3339(record.started_at),
             "finishedAt": None,
@@ -33,7 +34,7 @@ def _terminated(pod_uid: str, record: ContainerRecord) -> Json:
         }
     state: Json = {
         "exitCode": record.exit_code,
-        "reason": record.reason or ("Completed" if record.exit_code == 0 else "Error"),
+        "reason": record.reason or (reasons.COMPLETED if record.exit_code == 0 else reasons.ERROR),
         "startedAt": rfc3339(record.started_at),
         "finishedAt": rfc3339(record.finished_at),
         "containerID": container_id(pod_uid, record),
@@ -163,7 +164,7 @@ def _conditions(
         if not ("terminated" in st["state"] and st["state"]["terminated"]["exitCode"] == 0)
     ]
     unready = [st["name"] for st in app if not st["ready"]]
-    reason = "PodCompleted" if completed else "ContainersNotReady"
+    reason = reasons.POD_COMPLETED if completed else reasons.CONTAINERS_NOT_READY
     unready_msg = f"containers with unready status: [{' '.join(unready)}]"
     gates = spec.get("readinessGates") or []
     ready = not unready and not gates
@@ -179,17 +180,19 @@ def _conditions(
         _condition(
             "Initialized",
             not init_pending or completed,
-            "ContainersNotInitialized",
+            reasons.CONTAINERS_NOT_INITIALIZED,
             f"containers with incomplete status: [{' '.join(init_pending)}]",
         ),
-        _condition("Ready", ready, reason if unready else "ReadinessGatesNotReady", ready_message),
+        _condition(
+            "Ready", ready, reason if unready else reasons.READINESS_GATES_NOT_READY, ready_message
+        ),
         _condition("ContainersReady", not unready, reason, unready_msg),
         _condition("PodScheduled", True),
     ]
     if sandbox is not None and sandbox.log_drops:
         drops = "; ".join(f"{name}: {why}" for name, why in sandbox.log_drops)
         conditions.append({
-            "type": LOGS_DROPPED_CONDITION, "status": "True", "reason": "LogWriteFailed",
+            "type": LOGS_DROPPED_CONDITION, "status": "True", "reason": reasons.LOG_WRITE_FAILED,
             "message": drops,
         })  # fmt: skip
     return conditions
@@ -237,11 +240,11 @@ def build_pod_status(
     """The whole v1 PodStatus for ``pod``."""
     spec = pod.spec
     init = [
-        container_status(pod, c, sandbox, actions, "PodInitializing")
+        container_status(pod, c, sandbox, actions, reasons.POD_INITIALIZING)
         for c in spec.get("initContainers") or []
     ]
     # kubelet: PodInitializing for every container of a pod that has init containers.
-    app_default = "PodInitializing" if init else "ContainerCreating"
+    app_default = reasons.POD_INITIALIZING if init else reasons.CONTAINER_CREATING
     app = [container_status(pod, c, sandbox, actions, app_default) for c in spec["containers"]]
     _never_fewer_restarts(init + app, previous)
     phase = actions.terminal_phase or get_phase(spec, init, app)

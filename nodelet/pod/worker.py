@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodelet import reasons
 from nodelet.config import AgentConfig
 from nodelet.logs import retention
 from nodelet.manifest import schema
@@ -40,7 +41,6 @@ from nodelet.pod.containerprep import (
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
 from nodelet.runtime.api import (
-    START_ERROR,
     ContainerStartError,
     Runtime,
     SandboxConfig,
@@ -314,11 +314,11 @@ class PodWorker:
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
             record = await self._ctx.runtime.start_container(self.uid, config)
         except (ContainerConfigError, VolumeError) as err:
-            reason = "CreateContainerConfigError"
+            reason = reasons.CREATE_CONTAINER_CONFIG_ERROR
             self._record_failure(start.name, reason, str(err), now)
             return
         except ContainerStartError as err:
-            if err.reason == START_ERROR:
+            if err.reason == reasons.START_ERROR:
                 # exec failed: the holder journaled it as a run (exit 128), which restart
                 # counts and back-off already see, exactly like kubelet's StartError.
                 self._failures.pop(start.name, None)

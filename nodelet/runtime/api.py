@@ -124,10 +124,6 @@ class KnownPod:
 UNKNOWN_EXIT_CODE = 137
 """kubelet's exit code for a container that vanished with its sandbox (ContainerStatusUnknown)."""
 
-START_ERROR = "StartError"
-"""``ContainerStartError.reason`` when exec itself failed; the runtime then records the attempt
-as a run that exited 128 (kubelet's StartError), so restart counts and back-off include it."""
-
 
 class ContainerStartError(Exception):
     """The container could not be started; ``reason`` is kubelet's waiting reason."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -18,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodelet import reasons
 from nodelet.holder import linux, protocol
-from nodelet.runtime import journal, leftovers, rundir
+from nodelet.runtime import journal, leftovers, rundir, wire
 from nodelet.runtime.api import (
     ChangeCallback,
     ContainerConfig,
@@ -248,16 +248,7 @@ class ProcessRuntime:
         state.record = pod
         state.log_drops.clear()
         self._pods[config.pod_uid] = state
-        answer = await self._zygote.ask({
-            "pod_dir": str(directory),
-            "pod_uid": config.pod_uid,
-            "hostname": config.hostname,
-            "net": not config.host_network,
-            "ipc": not config.host_ipc,
-            "uts": not config.host_network,
-            "pid": config.share_process_namespace and not config.host_pid,
-            "grace_seconds": config.grace_seconds,
-        })  # fmt: skip
+        answer = await self._zygote.ask(wire.sandbox_request(config, directory))
         if "pid" not in answer:
             raise OSError(f"cannot create the holder of pod {config.pod_uid}: {answer}")
         self._watch(state, int(answer["pid"]))
@@ -280,15 +271,17 @@ class ProcessRuntime:
     async def start_container(self, pod_uid: str, config: ContainerConfig) -> ContainerRecord:
         pod = self._pods.get(pod_uid)
         if pod is None:
-            raise ContainerStartError("PodSandboxNotFound", f"no sandbox for pod {pod_uid}")
+            raise ContainerStartError(
+                reasons.POD_SANDBOX_NOT_FOUND, f"no sandbox for pod {pod_uid}"
+            )
         try:
             client = await self._client(pod)
-            reply = await client.request(protocol.OP_SPAWN, container=dataclasses.asdict(config))
+            reply = await client.request(protocol.OP_SPAWN, container=wire.container_spec(config))
         except (HolderGoneError, OSError) as err:
-            raise ContainerStartError("PodSandboxNotReady", str(err)) from err
+            raise ContainerStartError(reasons.POD_SANDBOX_NOT_READY, str(err)) from err
         if not reply.get("ok"):
             raise ContainerStartError(
-                reply.get("reason", "RunContainerError"), reply.get("message", "")
+                reply.get("reason", reasons.RUN_CONTAINER_ERROR), reply.get("message", "")
             )
         return ContainerRecord(
             config.name, config.attempt, int(reply["pid"]), float(reply["started_at"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodelet import reasons
 from nodelet.runtime import journal, leftovers
 from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
 from nodelet.runtime.holderclient import HolderClient
@@ -93,6 +94,6 @@ class Sandbox:
             record,
             finished_at=time.time(),
             exit_code=UNKNOWN_EXIT_CODE,
-            reason="ContainerStatusUnknown",
+            reason=reasons.CONTAINER_STATUS_UNKNOWN,
             message="the process is gone but its holder has not reported its exit",
         )

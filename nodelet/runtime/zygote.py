@@ -60,7 +60,7 @@ class ZygoteClient:
             log.warning("zygote pid %d ended unexpectedly; a new one starts on demand", proc.pid)
             self.stop()
 
-    async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, request: protocol.SandboxRequest) -> dict[str, Any]:
         """One request; a zygote that is gone or broken is replaced once."""
         async with self._lock:
             try:
@@ -73,7 +73,7 @@ class ZygoteClient:
                 self.start()
                 return await self._exchange(request)
 
-    async def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _exchange(self, request: protocol.SandboxRequest) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         if self._channel is None:
             raise OSError("no zygote")

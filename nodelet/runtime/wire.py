@@ -1,0 +1,43 @@
+"""The agent's records in the holder's wire schema (``nodelet.holder.protocol``): built field by
+field, so a field added on one side and not the other is a type error, not a silent drop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodelet.holder import protocol
+from nodelet.runtime.api import ContainerConfig, SandboxConfig
+
+
+def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
+    return {
+        "name": config.name,
+        "attempt": config.attempt,
+        "argv": list(config.argv),
+        "env": dict(config.env),
+        "log_path": config.log_path,
+        "working_dir": config.working_dir,
+        "mounts": [
+            {"source": m.source, "target": m.target, "read_only": m.read_only}
+            for m in config.mounts
+        ],
+        "run_as_user": config.run_as_user,
+        "run_as_group": config.run_as_group,
+        "supplemental_groups": list(config.supplemental_groups),
+        "no_new_privileges": config.no_new_privileges,
+        "own_pid_namespace": config.own_pid_namespace,
+    }
+
+
+def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxRequest:
+    """The namespaces the holder creates: the pod's own unless it asked for the host's."""
+    return {
+        "pod_dir": str(pod_dir),
+        "pod_uid": config.pod_uid,
+        "hostname": config.hostname,
+        "net": not config.host_network,
+        "ipc": not config.host_ipc,
+        "uts": not config.host_network,
+        "pid": config.share_process_namespace and not config.host_pid,
+        "grace_seconds": config.grace_seconds,
+    }
