@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_GRACE_SECONDS = 30.0
+"""kubelet's (the API server's) default terminationGracePeriodSeconds."""
+
 
 @dataclass(frozen=True)
 class ManifestError:
@@ -45,6 +48,51 @@ class StaticPod:
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = self.manifest["spec"]
         return spec
+
+    # Typed accessors for the pod fields the agent honours (validation guarantees the types).
+
+    @property
+    def host_network(self) -> bool:
+        return self.spec.get("hostNetwork") is True
+
+    @property
+    def host_pid(self) -> bool:
+        return self.spec.get("hostPID") is True
+
+    @property
+    def host_ipc(self) -> bool:
+        return self.spec.get("hostIPC") is True
+
+    @property
+    def share_process_namespace(self) -> bool:
+        return self.spec.get("shareProcessNamespace") is True
+
+    @property
+    def restart_policy(self) -> str:
+        policy = self.spec.get("restartPolicy")
+        return policy if isinstance(policy, str) else "Always"
+
+    @property
+    def grace_seconds(self) -> float:
+        """``terminationGracePeriodSeconds``, kubelet's 30 s when unset."""
+        grace = self.spec.get("terminationGracePeriodSeconds")
+        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
+            return float(grace)
+        return DEFAULT_GRACE_SECONDS
+
+    @property
+    def containers(self) -> list[dict[str, Any]]:
+        containers: list[dict[str, Any]] = self.spec.get("containers") or []
+        return containers
+
+    @property
+    def init_containers(self) -> list[dict[str, Any]]:
+        containers: list[dict[str, Any]] = self.spec.get("initContainers") or []
+        return containers
+
+    def ip(self, node_ip: str, sandbox_ip: str | None) -> str:
+        """The pod's IP: the node's for hostNetwork, else its sandbox's (empty until known)."""
+        return node_ip if self.host_network else (sandbox_ip or "")
 
 
 @dataclass(frozen=True)

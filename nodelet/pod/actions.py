@@ -30,6 +30,9 @@ class StartAction:
     name: str
     init: bool
     attempt: int
+    restart_of: float | None = None
+    """When the failure this start restarts from happened: the worker opens or doubles the
+    container's back-off window from it (None for a first start)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def _start_or_back_off(
             actions.wake_no_later_than(inputs.now + remaining)
             return
     attempt = next_attempt(inputs.sandbox.attempts(name))
-    actions.start.append(StartAction(name=name, init=init, attempt=attempt))
+    actions.start.append(StartAction(name, init, attempt, restart_of=failed_at))
 
 
 def _duration(seconds: float) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
-from nodelet.runtime.api import ContainerConfig, Mount
+from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
 from nodelet.util import safepath
 
 HOST_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,10 +43,25 @@ class PodContext:
 def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
     """kubelet: the node's for hostNetwork, else spec.hostname or the pod name, cut to 63."""
     spec = pod.spec
-    if spec.get("hostNetwork"):
+    if pod.host_network:
         return node_hostname
     name: str = spec.get("hostname") or pod.name
     return name[:HOSTNAME_MAX].rstrip("-.")
+
+
+def sandbox_config(pod: StaticPod, node_hostname: str) -> SandboxConfig:
+    """What the holder needs to create the pod's namespaces (pure)."""
+    return SandboxConfig(
+        pod_uid=pod.uid,
+        pod_namespace=pod.namespace,
+        pod_name=pod.name,
+        hostname=pod_hostname(pod, node_hostname),
+        host_network=pod.host_network,
+        host_pid=pod.host_pid,
+        host_ipc=pod.host_ipc,
+        share_process_namespace=pod.share_process_namespace,
+        grace_seconds=pod.grace_seconds,
+    )
 
 
 def pod_log_dir(pod_logs_dir: Path, pod: StaticPod) -> Path:
@@ -142,7 +157,5 @@ def build_container_config(
         run_as_group=group,
         supplemental_groups=list(pod_sc.get("supplementalGroups") or []),
         no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
-        own_pid_namespace=not (
-            ctx.pod.spec.get("hostPID") or ctx.pod.spec.get("shareProcessNamespace")
-        ),
+        own_pid_namespace=not (ctx.pod.host_pid or ctx.pod.share_process_namespace),
     )

@@ -260,7 +260,7 @@ def build_pod_status(
     }
     if init:
         status["initContainerStatuses"] = init
-    pod_ip = node_ip if spec.get("hostNetwork") else (sandbox.pod_ip if sandbox else None)
+    pod_ip = pod.ip(node_ip, sandbox.pod_ip if sandbox else None)
     if pod_ip:
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]

@@ -37,13 +37,13 @@ from nodelet.pod.containerprep import (
     build_container_config,
     pod_hostname,
     pod_log_dir,
+    sandbox_config,
 )
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
 from nodelet.runtime.api import (
     ContainerStartError,
     Runtime,
-    SandboxConfig,
     SandboxStatus,
 )
 from nodelet.util import safepath
@@ -52,7 +52,6 @@ from nodelet.util.aio import wait_event
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_SECONDS = 1.0
-DEFAULT_GRACE_SECONDS = 30
 
 
 @dataclass
@@ -263,32 +262,20 @@ class PodWorker:
 
     async def _create_sandbox(self) -> SandboxStatus:
         pod, config = self.pod, self._ctx.config
-        spec = pod.spec
         retention.mark(pod_log_dir(config.pod_logs_dir, pod))
-        sandbox_config = SandboxConfig(
-            pod_uid=pod.uid,
-            pod_namespace=pod.namespace,
-            pod_name=pod.name,
-            hostname=pod_hostname(pod, self._ctx.node_hostname),
-            host_network=bool(spec.get("hostNetwork")),
-            host_pid=bool(spec.get("hostPID")),
-            host_ipc=bool(spec.get("hostIPC")),
-            share_process_namespace=bool(spec.get("shareProcessNamespace")),
-            grace_seconds=self._grace_seconds(),
-        )
         log.info("creating sandbox %s", describe(pod))
-        return await self._ctx.runtime.run_sandbox(sandbox_config, pod_record(pod))
+        sandbox = sandbox_config(pod, self._ctx.node_hostname)
+        return await self._ctx.runtime.run_sandbox(sandbox, pod_record(pod))
 
     def _pod_context(self, sandbox: SandboxStatus | None) -> PodContext:
         pod, config = self.pod, self._ctx.config
         if self._volume_paths is None:
             self._volume_paths = prepare_volumes(config.pods_state_dir, pod.uid, pod.spec)
-        pod_ip = config.node_ip if pod.spec.get("hostNetwork") else (sandbox and sandbox.pod_ip)
         return PodContext(
             pod=pod,
             hostname=pod_hostname(pod, self._ctx.node_hostname),
             node_ip=config.node_ip,
-            pod_ip=pod_ip or "",
+            pod_ip=pod.ip(config.node_ip, sandbox.pod_ip if sandbox else None),
             pod_logs_dir=config.pod_logs_dir,
             volume_paths=self._volume_paths,
         )
@@ -299,14 +286,8 @@ class PodWorker:
 
     async def _start_container(self, start: StartAction, sandbox: SandboxStatus | None) -> None:
         now = self._ctx.clock()
-        key = backoff_key(self.uid, start.name)
-        last = sandbox.latest(start.name) if sandbox else None
-        failure = self._failures.get(start.name)
-        failed_at = failure.at if failure else None
-        if last is not None and last.finished_at is not None:
-            failed_at = max(failed_at or 0.0, last.finished_at)
-        if failed_at is not None:
-            self._ctx.backoff.next(key, failed_at, now)  # a restart opens/doubles the window
+        if start.restart_of is not None:  # a restart opens or doubles the window
+            self._ctx.backoff.next(backoff_key(self.uid, start.name), start.restart_of, now)
         try:
             config = build_container_config(
                 self._pod_context(sandbox), self._container_spec(start), start.attempt
@@ -353,16 +334,10 @@ class PodWorker:
         self.status = status
         self._ctx.on_status(self.uid, status)
 
-    def _grace_seconds(self) -> float:
-        grace = self.pod.spec.get("terminationGracePeriodSeconds")
-        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
-            return float(grace)
-        return float(DEFAULT_GRACE_SECONDS)
-
     async def _terminate(self) -> None:
         """Stop every container within the grace period, end the holder, remove pod state."""
         pod = self.pod
-        grace = self._grace_seconds()
+        grace = self.pod.grace_seconds
         log.info("killing %s grace=%ss", describe(pod), grace)
         while True:
             try:

@@ -159,7 +159,9 @@ def test_only_runs_of_the_current_holder_count_as_progress() -> None:
 def test_every_app_container_is_started_with_its_next_attempt() -> None:
     sandbox = box(run("app0", 0, code=1), run("app0", 1, code=1), run("app2", 0))
     assert starts(act(spec(apps=3), sandbox)) == [("app0", False, 2), ("app1", False, 0)]
-    assert act(spec(apps=3), sandbox).start[0] == StartAction("app0", False, 2)
+    finished = sandbox.containers[1].finished_at
+    assert act(spec(apps=3), sandbox).start[0] == StartAction("app0", False, 2, finished)
+    assert act(spec(apps=3), sandbox).start[1] == StartAction("app1", False, 0, None)
 
 
 def test_crash_inside_the_window_waits_the_rest_of_it() -> None:
@@ -177,7 +179,8 @@ def test_crash_after_the_window_restarts_at_once() -> None:
     backoff = Backoff()
     backoff.next("uid/app0", NOW - 30, NOW - 30)
     crashed = box(run("app0", 1, code=1, at=NOW - 20, ends=NOW - 10))
-    assert act(spec(), crashed, backoff) == PodActions(start=[StartAction("app0", False, 2)])
+    restart = StartAction("app0", False, 2, restart_of=NOW - 10)
+    assert act(spec(), crashed, backoff) == PodActions(start=[restart])
     exactly = box(run("app0", 1, code=1, at=NOW - 20, ends=NOW - 10 + 0.0))
     assert starts(act(spec(), exactly, backoff)) == [("app0", False, 2)]
 
