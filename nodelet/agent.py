@@ -16,7 +16,8 @@ from typing import Any
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.logs import retention
 from nodelet.manifest import schema
-from nodelet.manifest.source import ManifestSource, SourceSnapshot
+from nodelet.manifest.snapshot import SourceSnapshot
+from nodelet.manifest.source import ManifestSource
 from nodelet.model import Rejection
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.worker import WorkerContext, describe

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from nodelet.manifest.defaults import SEEN_ANNOTATION
+from nodelet.manifest import snapshot
 from nodelet.manifest.load import display_path, internal_error, is_ignored, load_manifest
+from nodelet.manifest.snapshot import SourceSnapshot
+from nodelet.manifest.writers import Writer, WriterScan
 from nodelet.model import ManifestError, Rejection, StaticPod
 from nodelet.util.aio import wait_event
 
@@ -57,17 +59,6 @@ DEBOUNCE_SECONDS = 0.005
 
 Loader = Callable[[str, str], StaticPod | Rejection]
 Result = StaticPod | Rejection
-
-
-@dataclass(frozen=True)
-class SourceSnapshot:
-    """Every pod the directory defines right now, and every file that was rejected."""
-
-    pods: dict[str, StaticPod]
-    """By UID."""
-    rejected: list[Rejection] = field(default_factory=list)
-    complete: bool = True
-    """False while a file never read before is still being written: its pod may be missing."""
 
 
 @dataclass(frozen=True)
@@ -250,7 +241,7 @@ class ManifestSource:
         results: list[Result] = []
         wait: float | None = None
         complete = True
-        scan = _WriterScan()
+        scan = WriterScan()
         for name in names:
             try:
                 outcome = await self._read(name, now, scan)
@@ -274,7 +265,7 @@ class ManifestSource:
         self.last_relist = time.monotonic()
         return wait
 
-    async def _read(self, name: str, now: float, scan: _WriterScan) -> _Outcome:
+    async def _read(self, name: str, now: float, scan: WriterScan) -> _Outcome:
         """The file's pod, reusing the cached parse while the file is unchanged or unsettled."""
         cached = self._cache.get(name)
         previous = cached[1] if cached else None
@@ -318,114 +309,7 @@ class ManifestSource:
         return _Outcome(previous, self._period, pending)
 
     def _snapshot(self, results: list[Result], complete: bool) -> SourceSnapshot:
-        """Apply kubelet's cross-file rules: first file (sorted) wins a duplicate pod name."""
-        pods: dict[str, StaticPod] = {}
-        owners: dict[str, str] = {}
-        rejected: list[Rejection] = []
-        for result in results:
-            if isinstance(result, Rejection):
-                rejected.append(result)
-                continue
-            owner = owners.get(result.full_name)
-            if owner is not None:
-                rejected.append(_duplicate(result, owner))
-                continue
-            owners[result.full_name] = result.source_path
-            pods[result.uid] = self._with_first_seen(result)
-        for uid in set(self._first_seen) - set(pods):
-            del self._first_seen[uid]
-        return SourceSnapshot(pods=pods, rejected=rejected, complete=complete)
-
-    def _with_first_seen(self, pod: StaticPod) -> StaticPod:
-        """Keep ``config.seen`` at the first sighting of this UID, as kubelet does."""
-        seen = self._first_seen.setdefault(
-            pod.uid, pod.manifest["metadata"]["annotations"][SEEN_ANNOTATION]
-        )
-        if pod.manifest["metadata"]["annotations"][SEEN_ANNOTATION] == seen:
-            return pod
-        manifest = dict(pod.manifest)
-        metadata = dict(manifest["metadata"])
-        metadata["annotations"] = {**metadata["annotations"], SEEN_ANNOTATION: seen}
-        manifest["metadata"] = metadata
-        return replace(pod, manifest=manifest)
-
-
-Writer = tuple[int, str]
-"""(pid, command name) of a process holding a file open for writing."""
-FdIndex = dict[tuple[int, int], list[tuple[str, str]]]
-"""(device, inode) -> every (pid, fd) open on it."""
-
-
-def fd_index(proc: str = "/proc") -> FdIndex:
-    """Every open file descriptor on the node by the inode it refers to (stat follows each
-    ``<proc>/<pid>/fd/<fd>`` link). Processes that vanish or cannot be read are skipped: it
-    sees what the agent may see (every process, as root). One scan serves a whole relist."""
-    index: FdIndex = {}
-    try:
-        pids = [e.name for e in os.scandir(proc) if e.name.isdigit()]
-    except OSError:
-        return index
-    for pid in pids:
-        try:
-            fds = os.listdir(f"{proc}/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(f"{proc}/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            index.setdefault((st.st_dev, st.st_ino), []).append((pid, fd))
-    return index
-
-
-def writers_in(index: FdIndex, dev: int, ino: int, proc: str = "/proc") -> list[Writer]:
-    """The processes of ``index`` holding ``(dev, ino)`` open with write access, by the
-    ``flags`` line (octal open flags) of ``<proc>/<pid>/fdinfo/<fd>``."""
-    found: dict[int, str] = {}
-    for pid, fd in index.get((dev, ino), []):
-        if int(pid) not in found and _open_for_writing(proc, pid, fd):
-            found[int(pid)] = _comm(proc, pid)
-    return sorted(found.items())
-
-
-def writers_of(path: str, proc: str = "/proc") -> list[Writer]:
-    """Every process holding the file at ``path`` open for writing."""
-    st = os.stat(path)
-    return writers_in(fd_index(proc), st.st_dev, st.st_ino, proc)
-
-
-def _open_for_writing(proc: str, pid: str, fd: str) -> bool:
-    try:
-        with open(f"{proc}/{pid}/fdinfo/{fd}") as info:
-            for line in info:
-                if line.startswith("flags:"):
-                    return (int(line.split()[1], 8) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
-def _comm(proc: str, pid: str) -> str:
-    try:
-        with open(f"{proc}/{pid}/comm", errors="replace") as comm:
-            name = comm.read().strip()
-    except OSError:
-        return "?"
-    return "".join(c if c.isprintable() else "?" for c in name)
-
-
-class _WriterScan:
-    """The fd index of one relist, built on first need (off the loop), so files that need no
-    check cost nothing and those that do share one scan of /proc."""
-
-    def __init__(self) -> None:
-        self._index: FdIndex | None = None
-
-    async def writers(self, dev: int, ino: int) -> list[Writer]:
-        if self._index is None:
-            self._index = await asyncio.to_thread(fd_index)
-        return await asyncio.to_thread(writers_in, self._index, dev, ino)
+        return snapshot.build(results, complete, self._first_seen)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -434,12 +318,3 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return entry.is_dir()
     except OSError:
         return False
-
-
-def _duplicate(pod: StaticPod, owner: str) -> Rejection:
-    error = ManifestError(
-        path=pod.source_path,
-        field="metadata.name",
-        reason=f"pod {pod.namespace}/{pod.name} is already defined by {owner}",
-    )
-    return Rejection(path=pod.source_path, errors=(error,), pod_name=pod.name)

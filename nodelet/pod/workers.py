@@ -19,7 +19,7 @@ from typing import Any
 
 from nodelet.manifest import podconfig
 from nodelet.manifest.podconfig import OpKind
-from nodelet.manifest.source import SourceSnapshot
+from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.model import DEFAULT_GRACE_SECONDS, StaticPod
 from nodelet.pod.worker import (
     PodWorker,

@@ -15,7 +15,7 @@ import pytest
 
 from nodelet.config import AgentConfig
 from nodelet.manifest import defaults
-from nodelet.manifest.source import SourceSnapshot
+from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.model import StaticPod
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.worker import WorkerContext, WorkerState, pod_record

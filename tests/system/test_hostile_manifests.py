@@ -24,7 +24,9 @@ import pytest
 from watchdog.events import FileClosedEvent
 
 from nodelet.manifest.load import display_path
-from nodelet.manifest.source import ManifestSource, SourceSnapshot, writers_of
+from nodelet.manifest.snapshot import SourceSnapshot
+from nodelet.manifest.source import ManifestSource
+from nodelet.manifest.writers import writers_of
 from nodelet.model import ManifestError, Rejection, StaticPod
 from tests.agentharness import NODE, Agent, agent_session, process_gone, wait_for
 from tests.badmanifests import BAD_FILE_NAMES, HOSTILE, BadManifest, encoded, pod

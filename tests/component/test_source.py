@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from nodelet.manifest.source import ManifestSource, SourceSnapshot
+from nodelet.manifest.snapshot import SourceSnapshot
+from nodelet.manifest.source import ManifestSource
 
-pytestmark = pytest.mark.system
+pytestmark = pytest.mark.component
 
 
 def pod_text(name: str, containers: int = 1) -> str:
