@@ -15,7 +15,7 @@ from typing import Any
 
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.logs import retention
-from nodelet.manifest import schema
+from nodelet.manifest import schemacache
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
 from nodelet.model import Rejection
@@ -31,6 +31,8 @@ from nodelet.server.local import (
 )
 
 log = logging.getLogger(__name__)
+
+SCHEMA_CACHE_NAME = "schema-cache.json"
 
 
 class Agent:
@@ -78,6 +80,10 @@ class Agent:
         for directory in self.config.private_dirs:
             ensure_private_dir(directory)
         self.runtime.subscribe(self._on_runtime_change)
+        # The v1 schema checks stored pod records and manifests: load it (from its cache in
+        # the run dir when it is there) while the runtime finds its holders.
+        cache = self.config.run_dir / SCHEMA_CACHE_NAME
+        warm = asyncio.create_task(asyncio.to_thread(schemacache.warm, cache), name="schema")
         await self.runtime.start()
         known = await self.runtime.list_pods()
         log.info(
@@ -87,10 +93,8 @@ class Agent:
             self.config.pod_manifest_path,
             len(known),
         )
+        await warm
         self.pods.adopt(known)
-        warm = asyncio.create_task(asyncio.to_thread(schema.preload), name="schema-preload")
-        self._background.add(warm)
-        warm.add_done_callback(self._background.discard)
         await self.server.start()  # the TCP port only when healthz_port is set
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)

@@ -14,7 +14,6 @@ within int64 and finite.
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -38,13 +37,46 @@ _SCALARS: dict[str, tuple[type, ...]] = {
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
 
 
-@functools.cache
+_known: dict[str, dict[str, str]] = {}
+"""Model name -> (JSON key -> type name), from the client's models or a cache of them."""
+
+
 def _fields(model: str) -> dict[str, str]:
     """JSON key -> type name of a generated model, e.g. ``V1Container``."""
-    from kubernetes.client import models
+    fields = _known.get(model)
+    if fields is None:
+        from kubernetes.client import models
 
-    cls = getattr(models, model)
-    return {cls.attribute_map[attr]: kind for attr, kind in cls.openapi_types.items()}
+        cls = getattr(models, model)
+        fields = {cls.attribute_map[attr]: kind for attr, kind in cls.openapi_types.items()}
+        _known[model] = fields
+    return fields
+
+
+def _model_names(kind: str) -> list[str]:
+    """The model names a type name refers to (``List[V1Container]`` -> ``V1Container``)."""
+    if kind.startswith("List["):
+        return _model_names(kind[5:-1])
+    if kind.startswith("Dict["):
+        return _model_names(kind[5:-1].split(", ", 1)[1])
+    return [] if kind in _SCALARS or kind == "object" else [kind]
+
+
+def pod_models() -> dict[str, dict[str, str]]:
+    """Every model a V1Pod is made of, with its fields (what a cache of the schema holds)."""
+    found: dict[str, dict[str, str]] = {}
+    todo = ["V1Pod"]
+    while todo:
+        model = todo.pop()
+        if model not in found:
+            found[model] = _fields(model)
+            todo.extend(n for kind in found[model].values() for n in _model_names(kind))
+    return found
+
+
+def install(models: dict[str, dict[str, str]]) -> None:
+    """Use ``models`` (from ``pod_models``, possibly cached) instead of importing the client."""
+    _known.update(models)
 
 
 def preload() -> None:

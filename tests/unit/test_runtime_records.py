@@ -218,3 +218,19 @@ def test_log_gc_removes_only_marked_dirs_of_gone_pods(tmp_path: Path) -> None:
 def test_stray_json_in_a_checksummed_journal_is_damage(tmp_path: Path) -> None:
     write_journal(tmp_path, protocol.encode_record(START), json.dumps(EXIT).encode() + b"\n")
     assert [r.running for r in journal.read_journals(tmp_path)] == [True]
+
+
+def test_the_schema_cache_holds_the_pod_models_and_is_rebuilt_when_damaged(tmp_path: Path) -> None:
+    from nodelet.manifest import schema, schemacache
+
+    cache = tmp_path / "schema-cache.json"
+    schemacache.warm(cache)  # built from the client's models
+    stored = json.loads(cache.read_text())
+    assert stored["models"]["V1Pod"]["spec"] == "V1PodSpec"
+    assert "V1Container" in stored["models"] and "V1EnvVar" in stored["models"]
+    assert stored["models"] == schema.pod_models()
+    assert oct(os.stat(cache).st_mode & 0o777) == "0o600"
+    for damage in ("{", '{"kubernetes": "0.0", "models": {}}', '{"kubernetes": 1}'):
+        cache.write_text(damage)
+        schemacache.warm(cache)
+        assert json.loads(cache.read_text())["models"] == stored["models"]
