@@ -105,9 +105,11 @@ def pods(args: argparse.Namespace) -> int:
     for row in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for item in rejected["items"]:
-        print(
-            f"\nREJECTED {item['path']}" + (f" (pod {item['podName']})" if item["podName"] else "")
-        )
+        # A file a writer still holds is not rejected, only not read yet.
+        pending = item["errors"] and all(": pending: " in error for error in item["errors"])
+        label = "PENDING" if pending else "REJECTED"
+        pod = f" (pod {item['podName']})" if item["podName"] else ""
+        print(f"\n{label} {item['path']}{pod}")
         for error in item["errors"]:
             print(f"  {error}")
     return 0

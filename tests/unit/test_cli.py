@@ -40,3 +40,30 @@ def test_status_column_like_kubectl() -> None:
     done = {"status": {"phase": "Succeeded", "containerStatuses": [
         cs("a", {"terminated": {"reason": "Completed", "exitCode": 0}})]}}  # fmt: skip
     assert pod_display_status(done) == ("Completed", 0, 0)
+
+
+def test_pods_lists_files_held_by_a_writer_as_pending(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nodelet.cli import pods as pods_command
+    from nodelet.cli.client import LocalAPIClient
+    from nodelet.cli.main import build_parser
+
+    answers = {
+        "/pods": {"items": []},
+        "/rejected": {"items": [
+            {"path": "/m/a.yaml", "podName": None,
+             "errors": ["/m/a.yaml: pending: held open for writing by pid 7 (vi)"]},
+            {"path": "/m/b.yaml", "podName": "b", "errors": ["/m/b.yaml: kind: must be Pod"]},
+        ]},
+    }  # fmt: skip
+
+    def get(client: LocalAPIClient, path: str) -> object:
+        client.redacted = False
+        return answers[path]
+
+    monkeypatch.setattr(LocalAPIClient, "get", get)
+    assert pods_command.pods(build_parser().parse_args(["pods"])) == 0
+    out = capsys.readouterr().out
+    assert "PENDING /m/a.yaml\n" in out
+    assert "REJECTED /m/b.yaml (pod b)\n" in out
