@@ -234,3 +234,29 @@ def test_the_schema_cache_holds_the_pod_models_and_is_rebuilt_when_damaged(tmp_p
         cache.write_text(damage)
         schemacache.warm(cache)
         assert json.loads(cache.read_text())["models"] == stored["models"]
+
+
+def test_status_never_claims_a_process_that_is_gone(tmp_path: Path) -> None:
+    """A run the journal still shows running is reported running only while its process
+    exists as the holder's child (here the test process plays the holder)."""
+    import subprocess
+
+    from nodelet.runtime.api import ContainerRecord
+    from nodelet.runtime.sandbox import Sandbox
+
+    live = subprocess.Popen(["sleep", "30"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        box = Sandbox(uid="u", directory=tmp_path, record={}, holder_pid=os.getpid(),
+                      created_at=0.0, alive=True)  # fmt: skip
+        box.records = [
+            ContainerRecord("a", 0, live.pid, 1.0),
+            ContainerRecord("b", 0, gone.pid, 1.0),
+        ]
+        a, b = box.status().containers
+        assert a.running
+        assert not b.running and b.reason == "ContainerStatusUnknown" and b.exit_code == 137
+    finally:
+        live.kill()
+        live.wait()
