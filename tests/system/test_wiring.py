@@ -227,13 +227,20 @@ def test_environment_is_exactly_the_prepared_one(agent: Agent) -> None:
 # --- process group ------------------------------------------------------------------------
 
 
-def test_background_child_dies_with_the_main_process(agent: Agent) -> None:
+@pytest.mark.parametrize(
+    "pid_namespace", [{}, {"hostPID": True}, {"shareProcessNamespace": True}], ids=str
+)
+def test_background_child_dies_with_the_main_process(
+    agent: Agent, pid_namespace: dict[str, bool]
+) -> None:
+    """With a PID namespace of its own the container's PID 1 takes everything with it; with the
+    host's or the pod's shared one only the kill of its process group does."""
     mark, other = marker("main"), marker("other")
     script = f"sleep 3600 & exec python3 -c 'import time; time.sleep(3600)' {mark}"
     forker = {"name": "forker", "image": "host", "command": ["sh", "-c", script]}
     # A second container keeps the holder (which reaps orphans when the pod ends) running, so
     # only the end of the main process can take the child down.
-    start_pod(agent, "group", [forker, sleeper("other", other)])
+    start_pod(agent, "group", [forker, sleeper("other", other)], **pid_namespace)
     wait_for(lambda: agent.pod("group"), 5, "group")
     main = process_with(mark)
     child = wait_for(lambda: [c.pid for c in psutil.Process(main).children()], 5, "child")[0]
