@@ -46,8 +46,10 @@ def py(name: str, script: str, *args: str, **extra: Any) -> dict[str, Any]:
 
 
 def manifest(name: str, containers: list[dict[str, Any]], **spec: Any) -> str:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-           "spec": {"containers": containers, **spec}}  # fmt: skip
+    """A pod whose containers (PID 1 of their own namespace: SIGTERM does nothing to them)
+    are killed 1 s after removal, unless the test sets another grace period."""
+    spec = {"containers": containers, "terminationGracePeriodSeconds": 1, **spec}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
     return json.dumps(pod)
 
 
