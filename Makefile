@@ -4,6 +4,8 @@
 #   make run     run the agent in the foreground on ./static-pods
 #   make test    every test tier (unit, system, e2e); most need root
 #   make envtest  etcd, kubectl and a kube-apiserver built from Debian's source, for the e2e tier
+#   make demo-control-plane  etcd + kube-apiserver as static pods of nodelet, in the background
+#   make demo-control-plane-stop  stop that demo's agent and pods (by pid)
 #   make lint    ruff check, ruff format --check, mypy, import-linter layer contracts
 #   make bench   run every bench/*.py
 #   make mutation  mutation check of the pure modules against the unit tests, prints the score
@@ -40,7 +42,8 @@ ENVTEST_BIN := $(ENVTEST_DIR)/$(KUBE_VERSION)
 export DEBIAN_FRONTEND := noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps system-deps envtest run test lint bench mutation clean
+.PHONY: help deps system-deps envtest run test lint bench mutation clean demo-control-plane \
+	demo-control-plane-stop
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -91,6 +94,34 @@ test: deps
 # Debian's source package into $(ENVTEST_BIN) once per machine; tests/e2e/envtest/ says how.
 envtest:
 	tests/e2e/envtest/envtest.sh $(ENVTEST_DIR) $(KUBE_VERSION)
+
+# A self-hosted control plane (static-pods/control-plane/, README there): nodelet in the
+# background on an empty node, running etcd and kube-apiserver as static pods and registering
+# with that API server. DEMO_DIR holds the PKI, kubeconfigs, rendered manifests, etcd's data and
+# the agent's dirs, log and pid file; NODELET_ARGS is passed on as for `run`.
+DEMO_DIR ?= /var/lib/nodelet-demo
+DEMO_NODE ?= nodelet-demo
+DEMO_PY := $(BIN)/python -m tests.e2e.controlplane --dir $(DEMO_DIR)
+DEMO_KUBECTL := $(ENVTEST_BIN)/kubectl --kubeconfig $(DEMO_DIR)/admin.kubeconfig
+
+demo-control-plane: deps
+	@[ -x $(ENVTEST_BIN)/kube-apiserver ] && [ -x $(ENVTEST_BIN)/kubectl ] \
+		&& command -v etcd >/dev/null || $(MAKE) --no-print-directory envtest
+	$(DEMO_PY) --node $(DEMO_NODE) --envtest-bin $(ENVTEST_BIN) setup
+	setsid $(BIN)/nodelet run --pod-manifest-path $(DEMO_DIR)/manifests \
+		--kubeconfig $(DEMO_DIR)/node.kubeconfig --hostname-override $(DEMO_NODE) \
+		--node-ip 127.0.0.1 --root-dir $(DEMO_DIR)/root --run-dir $(DEMO_DIR)/run \
+		--pod-logs-dir $(DEMO_DIR)/logs $(NODELET_ARGS) \
+		</dev/null >>$(DEMO_DIR)/nodelet.log 2>&1 & echo $$! > $(DEMO_DIR)/nodelet.pid
+	@echo "demo: agent pid $$(cat $(DEMO_DIR)/nodelet.pid), log $(DEMO_DIR)/nodelet.log; waiting"
+	$(DEMO_PY) --node $(DEMO_NODE) --envtest-bin $(ENVTEST_BIN) wait \
+		|| { tail -n 20 $(DEMO_DIR)/nodelet.log; exit 1; }
+	$(DEMO_KUBECTL) get nodes,pods -A -o wide
+	@echo "demo: kubectl is $(DEMO_KUBECTL)"
+	@echo "demo: stop it with make demo-control-plane-stop DEMO_DIR=$(DEMO_DIR)"
+
+demo-control-plane-stop: deps
+	$(DEMO_PY) stop
 
 # Runs all three checks and fails if any did, so one run shows every finding.
 lint: deps
