@@ -13,12 +13,15 @@ import signal
 import time
 from typing import Any
 
+from nodelet.cluster.mirrorplan import DISABLED
+from nodelet.cluster.nodesync import NodeSettings
+from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.logs import retention
 from nodelet.manifest import schemacache
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
-from nodelet.model import Rejection
+from nodelet.model import Rejection, StaticPod
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.worker import WorkerContext, describe
 from nodelet.pod.workers import PodWorkers
@@ -43,11 +46,13 @@ class Agent:
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
+        self.cluster = cluster_sync(config)
         self._ctx = WorkerContext(
             runtime=runtime,
             config=config,
             backoff=Backoff(config.backoff_initial, config.backoff_max),
             on_status=self._on_status,
+            on_event=self._on_pod_event,
         )
         self.pods = PodWorkers(self._ctx)
         self.source = ManifestSource(
@@ -96,6 +101,8 @@ class Agent:
         await warm
         self.pods.adopt(known)
         await self.server.start()  # the TCP port only when healthz_port is set
+        if self.cluster is not None:
+            self.cluster.start()  # in the background: pods never wait for the API server
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
@@ -108,6 +115,8 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.pods.stop()
+            if self.cluster is not None:
+                await self.cluster.close()
             await self.server.close()
             await self.runtime.close()
 
@@ -136,6 +145,9 @@ class Agent:
         self.pods.apply(snapshot)
         for uid in set(self._phases) - set(self.pods.workers):
             del self._phases[uid]
+        if self.cluster is not None:
+            self.cluster.pods_changed(self.pods.desired.values(), self.pods.sources_ready)
+            self.cluster.rejected(snapshot.rejected)
 
     def _on_status(self, pod_uid: str, status: dict[str, Any]) -> None:
         phase = status.get("phase", "")
@@ -145,6 +157,20 @@ class Agent:
             worker = self.pods.workers.get(pod_uid)
             name = describe(worker.pod) if worker else f"uid={pod_uid}"
             log.info("pod phase %s -> %s %s", before or "-", phase, name)
+        worker = self.pods.workers.get(pod_uid)
+        if self.cluster is not None and worker is not None and not worker.killing:
+            self.cluster.pod_status(worker.pod, status)
+
+    def _on_pod_event(
+        self, pod: StaticPod, type_: str, reason: str, message: str, field_path: str
+    ) -> None:
+        log.debug("event %s %s %s: %s", describe(pod), type_, reason, message)
+        if self.cluster is not None:
+            self.cluster.pod_event(pod, type_, reason, message, field_path)
+
+    def mirror_state(self, pod: StaticPod) -> str:
+        """``nodelet pods``' MIRROR column: Synced, Pending, or Disabled (standalone)."""
+        return self.cluster.mirror_state(pod) if self.cluster is not None else DISABLED
 
     def _on_runtime_change(self, pod_uid: str) -> None:
         self.pods.poke(pod_uid)
@@ -162,7 +188,7 @@ class Agent:
         items = []
         for uid, pod in sorted(self.pods.desired.items(), key=lambda kv: kv[1].full_name):
             status = self.pods.status_of(uid) or {"phase": "Pending"}
-            items.append({**pod.manifest, "status": status})
+            items.append({**pod.manifest, "status": status, "mirror": self.mirror_state(pod)})
         return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 
     def _pods(self) -> tuple[int, Any]:
@@ -176,3 +202,20 @@ class Agent:
 
     def _public_rejected(self) -> tuple[int, Any]:
         return 200, redacted_rejection_list(self.rejected)
+
+
+def cluster_sync(config: AgentConfig) -> ClusterSync | None:
+    """The API server side, when there is a kubeconfig (``KubeconfigError`` when unusable)."""
+    if config.kubeconfig is None:
+        return None
+    node = NodeSettings(
+        name=config.node_name,
+        ip=config.node_ip,
+        root_dir=config.root_dir,
+        register=config.register_node,
+        labels=dict(config.node_labels),
+        status_update_frequency=config.node_status_update_frequency,
+        kubelet_port=config.kubelet_port,
+    )
+    settings = ClusterSettings(config.kubeconfig, config.kube_api_qps, config.kube_api_burst)
+    return ClusterSync(settings, node)

@@ -44,6 +44,19 @@ class AgentConfig:
     backoff_max: float = DEFAULT_MAX_SECONDS
     resync_seconds: float = 10.0
     """Every pod is synced at least this often even without events (kubelet's resync)."""
+    kubeconfig: Path | None = None
+    """The API server and the node's credentials; None runs standalone (no Node, no mirrors)."""
+    register_node: bool = True
+    """Create the Node when missing (kubelet's ``--register-node``); else only update it."""
+    node_labels: tuple[tuple[str, str], ...] = ()
+    """``--node-labels`` on top of the ones kubelet sets itself."""
+    node_status_update_frequency: float = 10.0
+    kube_api_qps: float = 50.0
+    """Requests per second to the API server (kubelet >= 1.27's default; older kubelets' 5 is
+    why their mirror pods lag by seconds)."""
+    kube_api_burst: int = 100
+    kubelet_port: int = 10250
+    """The port the Node advertises in ``daemonEndpoints`` (kubelet's ``--port``)."""
 
     @property
     def pods_state_dir(self) -> Path:

@@ -7,11 +7,34 @@ from __future__ import annotations
 from nodelet.holder.protocol import SETUP_ERROR, START_ERROR
 
 __all__ = [
-    "COMPLETED", "CONTAINERS_NOT_INITIALIZED", "CONTAINERS_NOT_READY", "CONTAINER_CREATING",
-    "CONTAINER_STATUS_UNKNOWN", "CRASH_LOOP_BACK_OFF", "CREATE_CONTAINER_CONFIG_ERROR",
-    "ERROR", "LOG_WRITE_FAILED", "POD_COMPLETED", "POD_INITIALIZING", "POD_SANDBOX_NOT_FOUND",
-    "POD_SANDBOX_NOT_READY", "READINESS_GATES_NOT_READY", "RUN_CONTAINER_ERROR",
-    "SANDBOX_BACK_OFF", "SETUP_ERROR", "START_ERROR",
+    "BACK_OFF_EVENT",
+    "COMPLETED",
+    "CONTAINERS_NOT_INITIALIZED",
+    "CONTAINERS_NOT_READY",
+    "CONTAINER_CREATING",
+    "CONTAINER_STATUS_UNKNOWN",
+    "CRASH_LOOP_BACK_OFF",
+    "CREATED_EVENT",
+    "CREATE_CONTAINER_CONFIG_ERROR",
+    "ERROR",
+    "EVENT_NORMAL",
+    "EVENT_WARNING",
+    "FAILED_EVENT",
+    "KILLING_EVENT",
+    "LOG_WRITE_FAILED",
+    "MANIFEST_REJECTED",
+    "POD_COMPLETED",
+    "POD_INITIALIZING",
+    "POD_SANDBOX_NOT_FOUND",
+    "POD_SANDBOX_NOT_READY",
+    "READINESS_GATES_NOT_READY",
+    "RUN_CONTAINER_ERROR",
+    "SANDBOX_BACK_OFF",
+    "SANDBOX_CHANGED",
+    "SANDBOX_CHANGED_MESSAGE",
+    "SETUP_ERROR",
+    "STARTED_EVENT",
+    "START_ERROR",
 ]  # fmt: skip
 
 # Container waiting reasons (kubelet's kuberuntime and images).
@@ -39,3 +62,17 @@ SANDBOX_BACK_OFF = "SandboxBackOff"
 """The holder died again inside its back-off window (PodReadyToStartContainers=False)."""
 LOG_WRITE_FAILED = "LogWriteFailed"
 """Container output was dropped because the log could not be written."""
+
+# Event types and reasons (kubelet's pkg/kubelet/events).
+EVENT_NORMAL = "Normal"
+EVENT_WARNING = "Warning"
+CREATED_EVENT = "Created"
+STARTED_EVENT = "Started"
+KILLING_EVENT = "Killing"
+BACK_OFF_EVENT = "BackOff"
+FAILED_EVENT = "Failed"
+SANDBOX_CHANGED = "SandboxChanged"
+SANDBOX_CHANGED_MESSAGE = "Pod sandbox changed, it will be killed and re-created."
+MANIFEST_REJECTED = "ManifestRejected"
+"""nodelet's own: a Warning on the Node naming a manifest file that was refused and why
+(kubelet only logs it)."""

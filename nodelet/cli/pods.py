@@ -83,7 +83,7 @@ def pods(args: argparse.Namespace) -> int:
         print(json.dumps({"pods": pods, "rejected": rejected["items"]}, indent=2))
         return 0
     wide = args.output == "wide"
-    header = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    header = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "MIRROR"]
     if wide:
         header += ["IP", "NODE", "UID"]
     rows = [header]
@@ -97,6 +97,7 @@ def pods(args: argparse.Namespace) -> int:
             reason,
             str(restarts),
             _age(pod),
+            str(pod.get("mirror", "")),  # Synced, Pending, or Disabled (no --kubeconfig)
         ]
         if wide:
             row += [pod["status"].get("podIP", "<none>"), spec.get("nodeName", ""), meta["uid"]]

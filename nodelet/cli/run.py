@@ -76,11 +76,75 @@ def add_run_arguments(sub: Any) -> None:
         default=AgentConfig.backoff_max,
         help="longest CrashLoopBackOff window (default: %(default)ss)",
     )
+    api = run.add_argument_group("API server (kubelet's flags; without --kubeconfig: standalone)")
+    api.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="API server and node credentials: register the Node and mirror pods",
+    )
+    api.add_argument(
+        "--register-node",
+        type=boolean,
+        default=AgentConfig.register_node,
+        metavar="BOOL",
+        help="create the Node when missing (default: %(default)s)",
+    )
+    api.add_argument(
+        "--node-labels",
+        type=node_labels,
+        default=(),
+        metavar="K=V,...",
+        help="labels added to the Node (kubernetes.io/ ones only as kubelet allows)",
+    )
+    api.add_argument(
+        "--node-status-update-frequency",
+        type=duration,
+        default=AgentConfig.node_status_update_frequency,
+        help="how often the Node status is posted (default: %(default)ss)",
+    )
+    api.add_argument(
+        "--kube-api-qps",
+        type=float,
+        default=AgentConfig.kube_api_qps,
+        help="requests per second to the API server (default: %(default)s)",
+    )
+    api.add_argument(
+        "--kube-api-burst",
+        type=int,
+        default=AgentConfig.kube_api_burst,
+        help="request burst to the API server (default: %(default)s)",
+    )
+    api.add_argument(
+        "--port",
+        type=int,
+        default=AgentConfig.kubelet_port,
+        help="kubelet API port advertised in the Node's daemonEndpoints (default: %(default)s)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def boolean(text: str) -> bool:
+    """Go's flag booleans, as kubelet takes them (``--register-node=false``)."""
+    value = text.strip().lower()
+    if value in ("1", "t", "true"):
+        return True
+    if value in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (true or false)")
+
+
+def node_labels(text: str) -> tuple[tuple[str, str], ...]:
+    from nodelet.cluster.nodeobject import NodeLabelError, parse_node_labels
+
+    try:
+        return tuple(sorted(parse_node_labels(text).items()))
+    except NodeLabelError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from nodelet.agent import Agent
+    from nodelet.cluster.sync import KubeconfigError
     from nodelet.config import UnsafeDirError
     from nodelet.runtime.process import ProcessRuntime
     from nodelet.util import nodeinfo
@@ -100,10 +164,20 @@ def run(args: argparse.Namespace) -> int:
         file_check_frequency=args.file_check_frequency,
         backoff_initial=args.crashloop_backoff_initial,
         backoff_max=args.crashloop_backoff_max,
+        kubeconfig=args.kubeconfig.absolute() if args.kubeconfig else None,
+        register_node=args.register_node,
+        node_labels=args.node_labels,
+        node_status_update_frequency=args.node_status_update_frequency,
+        kube_api_qps=args.kube_api_qps,
+        kube_api_burst=args.kube_api_burst,
+        kubelet_port=args.port,
     )
+    if config.kube_api_qps <= 0 or config.kube_api_burst < 1:
+        print("nodelet run: --kube-api-qps must be > 0 and --kube-api-burst >= 1", file=sys.stderr)
+        return 2
     try:
         asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
-    except UnsafeDirError as err:
+    except (UnsafeDirError, KubeconfigError) as err:
         print(f"nodelet run: {err}", file=sys.stderr)
         return 1
     return 0

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_ERROR_SECONDS = 1.0
 
 
+def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: str) -> None:
+    """Standalone (no API server): events are not recorded anywhere but the log."""
+
+
 @dataclass
 class WorkerContext:
     """What every pod worker shares: the runtime, settings and the back-off table."""
@@ -63,6 +67,8 @@ class WorkerContext:
     backoff: Backoff
     on_status: Callable[[str, dict[str, Any]], None]
     """Called with (pod UID, v1 PodStatus) after every sync."""
+    on_event: Callable[[StaticPod, str, str, str, str], None] = _no_event
+    """Called with (pod, type, reason, message, fieldPath): kubelet's events for the pod."""
     node_hostname: str = socket.gethostname()
     clock: Callable[[], float] = time.time
     """Wall-clock epoch seconds (container exit times are wall-clock); tests inject their own."""
@@ -238,7 +244,12 @@ class PodWorker:
         runtime = self._ctx.runtime
         sandbox = await runtime.pod_status(self.uid)
         actions = self._actions(sandbox)
+        self._backoff_events(actions)
         if actions.create_sandbox:
+            if sandbox is not None:
+                self._event(
+                    reasons.EVENT_NORMAL, reasons.SANDBOX_CHANGED, reasons.SANDBOX_CHANGED_MESSAGE
+                )
             if sandbox is not None and sandbox.finished_at is not None:
                 # A re-creation opens or doubles the holder's back-off window.
                 key = sandbox_backoff_key(self.uid)
@@ -259,6 +270,21 @@ class PodWorker:
             sandbox = await runtime.pod_status(self.uid)
         self._report(sandbox, actions)
         return actions.wake_at
+
+    def _event(self, type_: str, reason: str, message: str, field_path: str = "") -> None:
+        self._ctx.on_event(self.pod, type_, reason, message, field_path)
+
+    def _field_path(self, name: str) -> str:
+        init = any(c["name"] == name for c in self.pod.init_containers)
+        return f"spec.{'initContainers' if init else 'containers'}{{{name}}}"
+
+    def _backoff_events(self, actions: PodActions) -> None:
+        for name, waiting in actions.waiting.items():
+            if waiting.reason == reasons.CRASH_LOOP_BACK_OFF:
+                message = f"Back-off restarting failed container {name} in pod {describe(self.pod)}"
+                self._event(
+                    reasons.EVENT_WARNING, reasons.BACK_OFF_EVENT, message, self._field_path(name)
+                )
 
     async def _create_sandbox(self) -> SandboxStatus:
         pod, config = self.pod, self._ctx.config
@@ -297,8 +323,16 @@ class PodWorker:
         except (ContainerConfigError, VolumeError) as err:
             reason = reasons.CREATE_CONTAINER_CONFIG_ERROR
             self._record_failure(start.name, reason, str(err), now)
+            self._event(
+                reasons.EVENT_WARNING,
+                reasons.FAILED_EVENT,
+                f"Error: {err}",
+                self._field_path(start.name),
+            )
             return
         except ContainerStartError as err:
+            self._event(reasons.EVENT_WARNING, reasons.FAILED_EVENT, f"Error: {err.message}",
+                        self._field_path(start.name))  # fmt: skip
             if err.reason == reasons.START_ERROR:
                 # exec failed: the holder journaled it as a run (exit 128), which restart
                 # counts and back-off already see, exactly like kubelet's StartError.
@@ -309,6 +343,19 @@ class PodWorker:
                 self._record_failure(start.name, err.reason, err.message, now)
             return
         self._failures.pop(start.name, None)
+        field_path = self._field_path(start.name)
+        self._event(
+            reasons.EVENT_NORMAL,
+            reasons.CREATED_EVENT,
+            f"Created container {start.name}",
+            field_path,
+        )
+        self._event(
+            reasons.EVENT_NORMAL,
+            reasons.STARTED_EVENT,
+            f"Started container {start.name}",
+            field_path,
+        )
         log.info(
             "started container %s container=%s attempt=%d pid=%d",
             describe(self.pod),
@@ -339,6 +386,12 @@ class PodWorker:
         pod = self.pod
         grace = self.pod.grace_seconds
         log.info("killing %s grace=%ss", describe(pod), grace)
+        for key in ("initContainerStatuses", "containerStatuses"):
+            for st in (self.status or {}).get(key, []):
+                if "running" in st.get("state", {}):
+                    message = f"Stopping container {st['name']}"
+                    path = self._field_path(st["name"])
+                    self._event(reasons.EVENT_NORMAL, reasons.KILLING_EVENT, message, path)
         while True:
             try:
                 await self._ctx.runtime.kill_pod(pod.uid, float(grace))
