@@ -90,6 +90,7 @@ def render(text: str, layout: Layout) -> str:
         f"127.0.0.1:{DEFAULT_ETCD_PORT}": f"127.0.0.1:{layout.etcd_port}",
         f"127.0.0.1:{DEFAULT_ETCD_PEER_PORT}": f"127.0.0.1:{layout.etcd_peer_port}",
         f"127.0.0.1:{DEFAULT_APISERVER_PORT}": f"127.0.0.1:{layout.apiserver_port}",
+        f"--secure-port={DEFAULT_APISERVER_PORT}": f"--secure-port={layout.apiserver_port}",
     }
     for default, value in replacements.items():
         text = text.replace(default, value)
