@@ -139,11 +139,10 @@ class ClusterSync:
     def pod_event(
         self, pod: StaticPod, type_: str, reason: str, message: str, field_path: str = ""
     ) -> None:
-        """An event about a static pod, shown on its mirror (``kubectl describe pod``)."""
-        mirror = self.mirrors.mirror_of(pod)
-        ref = ObjectRef(
-            "Pod", pod.namespace, pod.name, mirror.uid if mirror else pod.uid, "v1", field_path
-        )
+        """An event about a static pod, shown on its mirror: with the static pod's UID, as
+        kubelet records them and as ``kubectl describe`` looks them up for a mirror pod (by
+        its ``kubernetes.io/config.mirror`` annotation), so they outlive mirror re-creations."""
+        ref = ObjectRef("Pod", pod.namespace, pod.name, pod.uid, "v1", field_path)
         self.events.event(ref, type_, reason, message)
 
     def rejected(self, rejections: Iterable[Rejection]) -> None:

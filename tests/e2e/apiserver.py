@@ -236,6 +236,23 @@ class ApiServer:
     pki: Pki
     version: tuple[int, int, int]
     _node_kubeconfigs: dict[str, Path] = field(default_factory=dict)
+    _processes: list[_Process] = field(default_factory=list)
+    """etcd, then kube-apiserver: `outage` replaces the second."""
+    _context: ssl.SSLContext | None = None
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """kube-apiserver stopped (by pid; etcd keeps the data) for the `with` block, then
+        started again with the same flags and port, back once `/readyz` is ok."""
+        etcd, apiserver = self._processes
+        apiserver.stop()
+        try:
+            yield
+        finally:
+            restarted = _start(apiserver.name, apiserver.argv, apiserver.log, append=True)
+            self._processes[1] = restarted
+            assert self._context is not None
+            _wait_ready(self.server, self._context, [etcd, restarted])
 
     def node_kubeconfig(self, node_name: str) -> Path:
         """A kubeconfig for node `node_name` (`CN=system:node:<name>`, `O=system:nodes`): what
@@ -285,6 +302,7 @@ class _Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str]
 
     def tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
@@ -312,8 +330,8 @@ def _die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
-def _start(name: str, argv: list[str], log: Path) -> _Process:
-    with log.open("wb") as out:
+def _start(name: str, argv: list[str], log: Path, append: bool = False) -> _Process:
+    with log.open("ab" if append else "wb") as out:
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -322,7 +340,7 @@ def _start(name: str, argv: list[str], log: Path) -> _Process:
             cwd=log.parent,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 (one prctl call, libc already loaded)
         )
-    return _Process(name, popen, log)
+    return _Process(name, popen, log, argv)
 
 
 def _etcd_argv(etcd: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
@@ -451,6 +469,8 @@ def running_apiserver(binaries: Binaries | None = None) -> Iterator[ApiServer]:
             kubectl_path=binaries.kubectl,
             pki=pki,
             version=binaries.apiserver_version,
+            _processes=processes,
+            _context=context,
         )
     finally:
         for proc in reversed(processes):  # the API server first: it holds etcd connections
