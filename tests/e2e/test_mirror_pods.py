@@ -375,6 +375,7 @@ def test_stale_mirror_from_before_is_deleted_and_the_node_taken_over(apiserver: 
     created = node_api.create_node(
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}  # type: ignore[arg-type]
     )
+    assert created.metadata is not None
     node_uid = created.metadata.uid
     ghost = {
         "apiVersion": "v1",
