@@ -114,8 +114,9 @@ demo-control-plane: deps
 		--pod-logs-dir $(DEMO_DIR)/logs $(NODELET_ARGS) \
 		</dev/null >>$(DEMO_DIR)/nodelet.log 2>&1 & echo $$! > $(DEMO_DIR)/nodelet.pid
 	@echo "demo: agent pid $$(cat $(DEMO_DIR)/nodelet.pid), log $(DEMO_DIR)/nodelet.log; waiting"
-	$(DEMO_PY) --node $(DEMO_NODE) --envtest-bin $(ENVTEST_BIN) wait \
-		|| { tail -n 20 $(DEMO_DIR)/nodelet.log; exit 1; }
+	$(DEMO_PY) --node $(DEMO_NODE) --envtest-bin $(ENVTEST_BIN) wait || { \
+		tail -n 20 $(DEMO_DIR)/nodelet.log; \
+		echo "demo: not ready; make demo-control-plane-stop cleans up" >&2; exit 1; }
 	$(DEMO_KUBECTL) get nodes,pods -A -o wide
 	@echo "demo: kubectl is $(DEMO_KUBECTL)"
 	@echo "demo: stop it with make demo-control-plane-stop DEMO_DIR=$(DEMO_DIR)"

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -137,10 +138,24 @@ def write_manifest(directory: Path, name: str, text: str) -> None:
     os.replace(tmp, directory / name)
 
 
+STATE = (
+    *("etcd", "pki", "manifests", "root", "run", "logs"),
+    *("nodelet.log", "admin.kubeconfig", "node.kubeconfig"),
+)
+"""What a previous demo left in its directory; `setup` removes it, so each demo starts empty."""
+
+
 def setup(layout: Layout, node: str) -> None:
-    """PKI, kubeconfigs and manifests in `layout.directory` (etcd's data there is kept)."""
-    if demo_agent(layout.directory) is not None:
-        raise SystemExit(f"a demo agent runs on {layout.directory}: stop it first")
+    """A fresh control plane in `layout.directory`: PKI, kubeconfigs, manifests, no etcd data
+    (a previous run's mirror pods and Node would otherwise show their old status)."""
+    if demo_agent(layout.directory) is not None or _holders(layout.directory):
+        raise SystemExit(f"a demo still runs on {layout.directory}: stop it first")
+    for name in STATE:
+        path = layout.directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     layout.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_pki(layout, node)
     for name, text in rendered_manifests(layout).items():
@@ -212,7 +227,7 @@ def stop(directory: Path) -> None:
     agent = demo_agent(directory)
     pods = directory / "run" / "pods"
     if agent is not None:
-        # The API server first: while etcd still answers, it stops within a second of SIGTERM.
+        # The API server first: without etcd it would wait out its grace.
         manifests = directory / "manifests"
         for batch in ([manifests / "kube-apiserver.yaml"], sorted(manifests.glob("*.yaml"))):
             for path in batch:
@@ -221,14 +236,23 @@ def stop(directory: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             _terminate([psutil.Process(agent)])
     holders = []
-    for pod_dir in pods.iterdir() if pods.exists() else []:
+    for holder in _holders(directory):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            holders += [holder, *holder.children(recursive=True)]
+    _terminate(holders)  # a holder's SIGTERM stops its containers with the pod's grace
+    (directory / AGENT_PID_NAME).unlink(missing_ok=True)
+
+
+def _holders(directory: Path) -> list[psutil.Process]:
+    """The demo's pod holders still alive (pid and start time as each recorded them)."""
+    pods = directory / "run" / "pods"
+    found = []
+    for pod_dir in pods.iterdir() if pods.is_dir() else []:
         identity = read_holder_identity(pod_dir)
         if identity is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
-                holder = psutil.Process(identity["pid"])
-                holders += [holder, *holder.children(recursive=True)]
-    _terminate(holders)  # a holder's SIGTERM stops its containers with the pod's grace
-    (directory / AGENT_PID_NAME).unlink(missing_ok=True)
+                found.append(psutil.Process(identity["pid"]))
+    return found
 
 
 def _wait_pods_gone(pods: Path, left: int) -> None:
