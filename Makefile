@@ -96,8 +96,8 @@ envtest:
 	tests/e2e/envtest/envtest.sh $(ENVTEST_DIR) $(KUBE_VERSION)
 
 # A self-hosted control plane (static-pods/control-plane/; README, "Self-hosted control
-# plane"): nodelet in the background on an empty node, running etcd and kube-apiserver as static pods and registering
-# with that API server. DEMO_DIR holds the PKI, kubeconfigs, rendered manifests, etcd's data and
+# plane"): nodelet in the background on an empty node, running etcd and kube-apiserver as
+# static pods and registering with that API server. DEMO_DIR holds the PKI, kubeconfigs, rendered manifests, etcd's data and
 # the agent's dirs, log and pid file; NODELET_ARGS is passed on as for `run`.
 DEMO_DIR ?= /var/lib/nodelet-demo
 DEMO_NODE ?= nodelet-demo
