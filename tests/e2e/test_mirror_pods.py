@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +279,13 @@ def test_mirror_pod_of_a_two_container_pod(cluster: Cluster) -> None:
     described = cluster.api.kubectl("describe", "pod", f"web-{cluster.node}").stdout
     assert "Started container c0" in described and "Started container c1" in described
     wait_for(lambda: (cluster.local("web") or {}).get("mirror") == "Synced", 5, "MIRROR Synced")
+    table = subprocess.run(
+        [sys.executable, "-m", "nodelet", "pods", "--run-dir", str(cluster.agent.run_dir)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert table.splitlines()[0].split()[-1] == "MIRROR"
+    row = next(ln for ln in table.splitlines() if f"web-{cluster.node}" in ln)
+    assert row.split()[-1] == "Synced", table
     assert_no_refusals(cluster)
 
 
