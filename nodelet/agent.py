@@ -215,6 +215,7 @@ def cluster_sync(config: AgentConfig) -> ClusterSync | None:
         register=config.register_node,
         labels=dict(config.node_labels),
         status_update_frequency=config.node_status_update_frequency,
+        status_report_frequency=config.node_status_report_frequency,
         kubelet_port=config.kubelet_port,
     )
     settings = ClusterSettings(config.kubeconfig, config.kube_api_qps, config.kube_api_burst)

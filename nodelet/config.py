@@ -51,6 +51,9 @@ class AgentConfig:
     node_labels: tuple[tuple[str, str], ...] = ()
     """``--node-labels`` on top of the ones kubelet sets itself."""
     node_status_update_frequency: float = 10.0
+    node_status_report_frequency: float = 300.0
+    """An unchanged Node status is posted this often; kubelet's default, 5 min, unless
+    ``--node-status-update-frequency`` was given (then the same, as kubelet's defaulting)."""
     kube_api_qps: float = 50.0
     """Requests per second to the API server (kubelet >= 1.27's default; older kubelets' 5 is
     why their mirror pods lag by seconds)."""

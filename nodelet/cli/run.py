@@ -99,8 +99,8 @@ def add_run_arguments(sub: Any) -> None:
     api.add_argument(
         "--node-status-update-frequency",
         type=duration,
-        default=AgentConfig.node_status_update_frequency,
-        help="how often the Node status is posted (default: %(default)ss)",
+        help="how often the Node status is computed (default: 10s); an unchanged one is "
+        "posted every 5 min, or this often when the flag is given (kubelet's defaulting)",
     )
     api.add_argument(
         "--kube-api-qps",
@@ -167,7 +167,12 @@ def run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig.absolute() if args.kubeconfig else None,
         register_node=args.register_node,
         node_labels=args.node_labels,
-        node_status_update_frequency=args.node_status_update_frequency,
+        node_status_update_frequency=(
+            args.node_status_update_frequency or AgentConfig.node_status_update_frequency
+        ),
+        node_status_report_frequency=(
+            args.node_status_update_frequency or AgentConfig.node_status_report_frequency
+        ),
         kube_api_qps=args.kube_api_qps,
         kube_api_burst=args.kube_api_burst,
         kubelet_port=args.port,

@@ -43,6 +43,10 @@ class NodeSettings:
     register: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
     status_update_frequency: float = 10.0
+    status_report_frequency: float = 300.0
+    """An unchanged status is posted only this often (kubelet's nodeStatusReportFrequency:
+    5 min, or the update frequency when that was set explicitly); in between the Node is only
+    read, to notice its deletion."""
     kubelet_port: int = 10250
     hostname: str = field(default_factory=socket.gethostname)
 
@@ -66,6 +70,7 @@ class NodeSync:
         self._info = read_system_info()
         self.node_uid: str | None = None
         self._status: Json | None = None
+        self._posted_at: float | None = None
         self.last_error = ""
 
     @property
@@ -118,6 +123,7 @@ class NodeSync:
     async def _register(self) -> None:
         settings = self._settings
         labels = node_labels(settings.name, self._info, settings.labels)
+        self._posted_at = None  # a new or taken-over Node gets its status at once
         if settings.register:
             body = build_node(settings.name, labels, await self._current_status())
             try:
@@ -139,16 +145,27 @@ class NodeSync:
         patch = {"metadata": {"labels": dict(labels)}}
         return await self._caller.request("PATCH", self._path, body=patch, content_type=MERGE_PATCH)
 
-    def _adopt(self, node: Json) -> None:
+    def _adopt(self, node: Json, keep_status: bool = False) -> None:
         uid = str((node.get("metadata") or {}).get("uid", ""))
         status = node.get("status")
-        self._status = status if isinstance(status, dict) and status.get("conditions") else None
+        if not keep_status:
+            valid = isinstance(status, dict) and status.get("conditions")
+            self._status = status if valid else None
         if uid and uid != self.node_uid:
             self.node_uid = uid
             self._on_node_uid(uid)
 
     async def _post_status(self) -> None:
         status = await self._current_status()
+        now = self._clock()
+        if (
+            self._posted_at is not None
+            and now - self._posted_at < self._settings.status_report_frequency
+            and self._status is not None
+            and without_heartbeats(status) == without_heartbeats(self._status)
+        ):
+            self._adopt(await self._caller.request("GET", self._path), keep_status=True)
+            return
         answer = await self._caller.request(
             "PATCH",
             path_of("api", "v1", "nodes", self._settings.name, "status"),
@@ -157,6 +174,16 @@ class NodeSync:
         )
         self._adopt(answer)
         self._status = status
+        self._posted_at = now
+
+
+def without_heartbeats(status: Json) -> Json:
+    """The status as kubelet compares it to decide whether it changed: heartbeat times aside."""
+    conditions = [
+        {k: v for k, v in c.items() if k != "lastHeartbeatTime"}
+        for c in status.get("conditions") or []
+    ]
+    return {**status, "conditions": conditions}
 
 
 class LeaseSync:
