@@ -44,6 +44,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from nodelet.manifest import snapshot
 from nodelet.manifest.load import display_path, internal_error, is_ignored, load_manifest
@@ -56,6 +57,15 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.005
 """Coalesces the burst of events one write makes (create, modify, close) into one relist."""
+
+MOVE_PAIRING_SECONDS = 0.05
+"""How long watchdog holds a rename's first half to pair it with the second (its default,
+0.5 s, is a sleep that also holds every later event when it loses a race with the pairing:
+gorakhargosh/watchdog#649, seen here as a manifest renamed into place read 0.5 s late). Both
+halves of a rename inside the watched directory come from one inotify read, so 50 ms pairs
+them as surely; a half that is never paired is a file moved in or out, read by the relist
+either way."""
+InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
 
 Loader = Callable[[str, str], StaticPod | Rejection]
 Result = StaticPod | Rejection
