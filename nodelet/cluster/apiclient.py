@@ -96,7 +96,7 @@ class TokenBucket:
 def jittered(base: float, attempt: int, cap: float) -> float:
     """Exponential back-off with full jitter (``base`` * 2^attempt, at most ``cap``): many
     nodes that lost the same API server do not all come back in the same instant."""
-    return random.uniform(base, min(cap, base * 2.0**attempt))
+    return random.uniform(base, min(cap, base * 2.0 ** min(attempt, 30)))
 
 
 @dataclass(frozen=True)
@@ -267,14 +267,20 @@ def path_of(*segments: str) -> str:
 
 
 def _resource_of(path: str) -> str:
-    """``pods``, ``pods/status``, ``nodes``, ``leases``, ``events`` for the request counters."""
+    """``pods``, ``pods/status``, ``nodes``, ``leases``, ``events`` for the request counters:
+    the segment after the group version (and after ``namespaces/<ns>``), plus a subresource."""
     parts = [p for p in path.split("/") if p]
-    names = ("pods", "nodes", "leases", "events")
-    for index, part in enumerate(parts):
-        if part in names:
-            rest = parts[index + 2 :] if len(parts) > index + 1 else []
-            return part + ("/" + rest[0] if rest else "")
-    return path
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return path
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return path
+    return rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
 
 
 def _short(err: BaseException) -> str:

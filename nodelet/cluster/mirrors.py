@@ -128,12 +128,23 @@ class MirrorPods:
                     self._spawn(pod.full_name, self._create(pod, self.node_uid))
 
     async def _wait(self) -> None:
+        """Until something changed, a retry is due, or the resync period passed."""
+        for full_name in [n for n in self._retry_at if not self._wanted(n)]:
+            del self._retry_at[full_name]  # neither desired nor mirrored: nothing to retry
+            self._failures.pop(full_name, None)
+        due = [at for name, at in self._retry_at.items() if name not in self._busy]
         timeout = RESYNC_SECONDS
-        if self._retry_at:
-            timeout = max(0.0, min(timeout, min(self._retry_at.values()) - self._clock()))
+        if due:
+            timeout = max(0.0, min(timeout, min(due) - self._clock()))
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races with the event being set, and then close() would wait for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dirty.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._dirty.wait()
         self._dirty.clear()
+
+    def _wanted(self, full_name: str) -> bool:
+        return full_name in self.desired or full_name in self.mirrors
 
     def _may_start(self, full_name: str, now: float) -> bool:
         return full_name not in self._busy and self._retry_at.get(full_name, 0.0) <= now
@@ -180,7 +191,11 @@ class MirrorPods:
         else:
             log.info("mirror pod created %s/%s hash=%s", pod.namespace, pod.name, pod.uid)
         mirror = mirror_from_object(created)
-        if mirror is not None and mirror.uid not in self._gone:
+        if mirror is None:
+            # A pod of this name that is not a mirror (created by someone else): kubelet
+            # cannot mirror it either; retried with back-off until it is gone.
+            raise ApiError(409, "AlreadyExists", f"a pod {pod.name} that is not a mirror exists")
+        if mirror.uid not in self._gone:
             self.mirrors[mirror.full_name] = mirror
             self._on_mirror(mirror.full_name)
 

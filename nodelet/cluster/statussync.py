@@ -145,6 +145,8 @@ class StatusSync:
                     continue
                 failures = 0
                 drift = False
+                if self._latest.get(full_name, (None,))[0] is not pod:
+                    continue  # forgotten or replaced meanwhile: nothing to remember for it
                 stored = answer.get("status")
                 self._acked[full_name] = _Acked(
                     mirror_uid, status, stored if isinstance(stored, dict) else {}
