@@ -23,6 +23,7 @@ from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
 from nodelet.model import Rejection, StaticPod
 from nodelet.pod.backoff import Backoff
+from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
 from nodelet.pod.worker import WorkerContext, describe
 from nodelet.pod.workers import PodWorkers
 from nodelet.runtime.api import Runtime
@@ -47,10 +48,12 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
         self.cluster = cluster_sync(config)
+        backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._backoff_store = BackoffStore(config.run_dir / BACKOFF_FILE, backoff)
         self._ctx = WorkerContext(
             runtime=runtime,
             config=config,
-            backoff=Backoff(config.backoff_initial, config.backoff_max),
+            backoff=backoff,
             on_status=self._on_status,
             on_event=self._on_pod_event,
         )
@@ -99,6 +102,7 @@ class Agent:
             len(known),
         )
         await warm
+        await asyncio.to_thread(self._backoff_store.load)
         self.pods.adopt(known)
         await self.server.start()  # the TCP port only when healthz_port is set
         if self.cluster is not None:
@@ -115,6 +119,7 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.pods.stop()
+            await self._backoff_store.flush()
             if self.cluster is not None:
                 await self.cluster.close()
             await self.server.close()

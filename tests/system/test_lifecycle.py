@@ -178,3 +178,40 @@ def test_manifest_dir_created_after_start_is_watched_long_before_the_relist() ->
         agent.write_manifest("late.json", manifest("late", [py("app", SLEEP)]))
         wait_for(lambda: agent.pod("late"), 10, "the pod from the late directory")
         assert time.monotonic() - created < 10
+
+
+def test_an_agent_restart_keeps_the_crash_loop_backed_off() -> None:
+    """kubelet forgets back-off when it restarts, and every crash-looping container is restarted
+    at once; nodelet reads its windows back from the run dir. With windows of 4 s, 8 s, ...: two
+    restarts open an 8 s window; an agent restarted inside it must wait for it to close, not
+    restart the container at once (and not much later either)."""
+    args = ["--crashloop-backoff-initial", "4s", "--crashloop-backoff-max", "60s"]
+    with agent_session(args) as factory:
+        agent = factory()
+        agent.start()
+        agent.write_manifest("loop.json", manifest("loop", [py("c", "import sys; sys.exit(1)")]))
+
+        wait_for(lambda: restarts_of(agent) == 2, 15, "the second restart (after the 4 s window)")
+        # The second run crashes at once; the third waits out the 8 s window from then.
+        wait_for(
+            lambda: (s := agent.container_status("loop", "c"))
+            and s["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            and s,
+            10,
+            "back-off after the second restart",
+        )
+        crashed = time.time()
+        agent.signal(signal.SIGTERM)
+        restarted = factory()
+        restarted.start()
+        assert restarts_of(restarted) == 2
+        time.sleep(max(0.0, crashed + 3.0 - time.time()))
+        assert restarts_of(restarted) == 2, "restarted inside the back-off window"
+        wait_for(lambda: restarts_of(restarted) >= 3, 12, "the restart once the window closed")
+        took = time.time() - crashed
+        assert 6.0 <= took <= 11.0, f"third restart {took:.1f}s after the crash (window 8 s)"
+
+
+def restarts_of(agent: Agent) -> int:
+    status = agent.container_status("loop", "c") or {}
+    return int(status.get("restartCount", -1))

@@ -60,3 +60,38 @@ def test_forget_prefix() -> None:
     backoff.next("b/x", 0.0, 0.0)
     backoff.forget_prefix("a/")
     assert backoff.get("a/x") == 0.0 and backoff.get("b/x") == 10.0
+
+
+def test_snapshot_and_restore_keep_the_window() -> None:
+    """What the agent writes to the run dir and reads back after a restart."""
+    saved = Backoff(10.0, 300.0)
+    saved.next("pod/c", 100.0, 100.0)
+    saved.next("pod/c", 105.0, 110.0)  # a crash inside the window: doubled to 20 s
+    restored = Backoff(10.0, 300.0)
+    assert restored.restore(saved.snapshot(), now=120.0) == 1
+    assert restored.get("pod/c") == 20.0
+    assert restored.remaining("pod/c", 115.0, 120.0) == 15.0
+
+
+def test_restore_drops_expired_and_malformed_entries() -> None:
+    backoff = Backoff(10.0, 300.0)
+    data = {
+        "old/c": [40.0, 0.0],  # last restart 700 s ago: more than 2 x max
+        "bad/c": ["x", 1.0],
+        "short/c": [1.0],
+        "huge/c": [10_000.0, 650.0],  # capped at the maximum
+    }
+    assert backoff.restore(data, now=700.0) == 1
+    assert backoff.get("old/c") == 0.0 and backoff.get("bad/c") == 0.0
+    assert backoff.get("huge/c") == 300.0
+
+
+def test_every_change_is_announced() -> None:
+    backoff = Backoff(10.0, 300.0)
+    changes: list[dict[str, object]] = []
+    backoff.on_change = lambda: changes.append(backoff.snapshot())
+    backoff.next("pod/c", 1.0, 1.0)
+    backoff.next("pod/c", 2.0, 2.0)
+    backoff.forget_prefix("other/")  # nothing removed: no change
+    backoff.forget_prefix("pod/")
+    assert changes == [{"pod/c": [10.0, 1.0]}, {"pod/c": [20.0, 2.0]}, {}]
