@@ -124,7 +124,7 @@ def node_sync(api: FakeApi, clock: Clock, uids: list[str], **settings: Any) -> N
 
 
 def test_registration_creates_the_node_and_posts_its_status(sample: list[NodeResources]) -> None:
-    api, clock, uids = FakeApi(), Clock(), []
+    api, clock, uids = FakeApi(), Clock(), list[str]()
     sync = node_sync(api, clock, uids, labels={"tier": "edge"})
     asyncio.run(sync.sync_once())
     assert uids == ["uid-1"] and sync.node_uid == "uid-1"
@@ -137,7 +137,7 @@ def test_registration_creates_the_node_and_posts_its_status(sample: list[NodeRes
 
 
 def test_an_existing_node_is_taken_over_not_duplicated(sample: list[NodeResources]) -> None:
-    api, clock, uids = FakeApi(), Clock(), []
+    api, clock, uids = FakeApi(), Clock(), list[str]()
     api.nodes["n1"] = {"metadata": {"name": "n1", "uid": "old-uid", "labels": {"keep": "me"}}}
     sync = node_sync(api, clock, uids)
     asyncio.run(sync.sync_once())
@@ -150,7 +150,7 @@ def test_an_existing_node_is_taken_over_not_duplicated(sample: list[NodeResource
 def test_an_unchanged_status_is_read_not_posted_until_the_report_frequency(
     sample: list[NodeResources],
 ) -> None:
-    api, clock, uids = FakeApi(), Clock(), []
+    api, clock, uids = FakeApi(), Clock(), list[str]()
     sync = node_sync(api, clock, uids, status_report_frequency=300.0)
 
     async def run() -> None:
@@ -174,7 +174,7 @@ def test_an_unchanged_status_is_read_not_posted_until_the_report_frequency(
 
 
 def test_a_deleted_node_is_registered_again_with_a_new_uid(sample: list[NodeResources]) -> None:
-    api, clock, uids = FakeApi(), Clock(), []
+    api, clock, uids = FakeApi(), Clock(), list[str]()
     sync = node_sync(api, clock, uids, status_report_frequency=10.0)
 
     async def run() -> None:
@@ -191,7 +191,7 @@ def test_a_deleted_node_is_registered_again_with_a_new_uid(sample: list[NodeReso
 def test_without_register_node_a_missing_node_is_never_created(
     sample: list[NodeResources],
 ) -> None:
-    api, clock, uids = FakeApi(), Clock(), []
+    api, clock, uids = FakeApi(), Clock(), list[str]()
     sync = node_sync(api, clock, uids, register=False)
     with pytest.raises(ApiError):
         asyncio.run(sync.sync_once())
