@@ -48,9 +48,9 @@ class FakeApi:
             assert body is not None
             if "n1" in self.nodes:
                 raise ApiError(409, "AlreadyExists")
-            node = {**body, "metadata": {**body["metadata"], "uid": next(self.uids)}}
-            self.nodes["n1"] = node
-            return node
+            created = {**body, "metadata": {**body["metadata"], "uid": next(self.uids)}}
+            self.nodes["n1"] = created
+            return created
         if path.startswith(NODE_PATH):
             node = self.nodes.get("n1")
             if node is None:
