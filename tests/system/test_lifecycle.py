@@ -194,9 +194,11 @@ def test_an_agent_restart_keeps_the_crash_loop_backed_off() -> None:
         wait_for(lambda: restarts_of(agent) == 2, 15, "the second restart (after the 4 s window)")
         # The second run crashes at once; the third waits out the 8 s window from then.
         wait_for(
-            lambda: (s := agent.container_status("loop", "c"))
-            and s["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
-            and s,
+            lambda: (
+                (s := agent.container_status("loop", "c"))
+                and s["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+                and s
+            ),
             10,
             "back-off after the second restart",
         )
