@@ -51,6 +51,9 @@ class ContainerSpec(TypedDict):
     supplemental_groups: list[int]
     no_new_privileges: bool
     own_pid_namespace: bool
+    cgroup_procs: NotRequired[list[str]]
+    """``cgroup.procs`` files the child joins before exec (its limits apply from the first
+    instruction); absent from older agents."""
 
 
 class SandboxRequest(TypedDict):
@@ -64,6 +67,8 @@ class SandboxRequest(TypedDict):
     uts: bool
     pid: bool
     grace_seconds: float | None
+    cgroup_procs: NotRequired[list[str]]
+    """The pod-level cgroups the holder joins (and everything it forks but containers)."""
 
 
 class StartEntry(TypedDict):

@@ -90,6 +90,10 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
         os.dup2(devnull, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
+        try:
+            linux.join_cgroups(spec.get("cgroup_procs") or [])
+        except OSError as err:
+            raise SetupError(f"cannot join the container's cgroup: {err}") from None
         mounts = spec["mounts"]
         if mounts:
             _bind_mounts(mounts)

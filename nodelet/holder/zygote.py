@@ -39,6 +39,7 @@ def _become_holder(request: protocol.SandboxRequest, report_w: int, channel: soc
     """In the intermediate child: new session and namespaces, fork the holder, report, exit."""
     channel.close()
     os.setsid()
+    linux.join_cgroups(request.get("cgroup_procs") or [])
     linux.unshare(_namespace_flags(request))
     pid = os.fork()
     if pid == 0:
