@@ -183,13 +183,17 @@ class ProbeWorker:
             log.exception("%s probe worker failed %s", self.spec.kind, self._describe)
 
     async def _loop(self, started_at: float) -> None:
-        next_at = started_at + self.spec.initial_delay
+        """Probes on a grid of ``period`` from the first one (kubelet's ticker). A probe run
+        early by the gate's trigger leaves the grid alone; a probe that overran the period is
+        followed by one at once, and the grid restarts there."""
+        next_at = max(started_at + self.spec.initial_delay, self._clock())
         while True:
             await self._wait(next_at - self._clock())
+            scheduled = self._clock() >= next_at
             if not self._gated and not await self._tick():
                 return
-            now = self._clock()
-            next_at = max(next_at + self.spec.period, now)
+            if scheduled:
+                next_at = max(next_at + self.spec.period, self._clock())
 
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less when the gate's trigger fires."""
