@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodelet.holder import linux, procfs, protocol, spawn
+from nodelet.holder import hooks, linux, procfs, protocol, spawn
 from nodelet.holder.crilog import StreamLog
 from nodelet.holder.journal import JournalWriter
 
@@ -42,6 +42,8 @@ class Container:
     streams: dict[int, StreamLog] = field(default_factory=dict)
     stopping: bool = False
     exited: bool = False
+    pre_stop: protocol.HookSpec | None = None
+    stop_signal: int = signal.SIGTERM
 
 
 class Holder:
@@ -55,6 +57,8 @@ class Holder:
         self.containers: dict[str, Container] = {}
         self.by_pid: dict[int, Container] = {}
         self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.hooks: dict[int, Callable[[int], None]] = {}
+        """preStop handler children: pid -> what to do with their exit status."""
         self.client: socket.socket | None = None
         self.client_buffer = b""
         self.exiting = False
@@ -148,6 +152,9 @@ class Holder:
             container = self.by_pid.pop(pid, None)
             if container is not None:
                 self._exited(container, os.waitstatus_to_exitcode(status))
+            hook_done = self.hooks.pop(pid, None)
+            if hook_done is not None:
+                hook_done(os.waitstatus_to_exitcode(status))
 
     def _exited(self, container: Container, code: int) -> None:
         """A container's main process ended: the rest of its process group goes with it."""
@@ -273,7 +280,9 @@ class Holder:
             if details["reason"] == protocol.START_ERROR:
                 self._record_failed_start(spec, host_pid, details["message"])
             return {"ok": False, "reason": details["reason"], "message": details["message"]}
-        container = Container(name, spec["attempt"], pid, time.time(), log_fd, host_pid)
+        container = Container(name, spec["attempt"], pid, time.time(), log_fd, host_pid,
+                              pre_stop=spec.get("pre_stop"),
+                              stop_signal=int(spec.get("stop_signal", signal.SIGTERM)))  # fmt: skip
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             container.streams[fd] = StreamLog(log_fd, stream, log_error)
@@ -338,22 +347,66 @@ class Holder:
         })  # fmt: skip
 
     def _stop(self, name: str, grace: float) -> None:
-        """SIGTERM now, SIGKILL to the whole group after the grace; the holder owns the timer."""
+        """The preStop handler (if any), then the stop signal, then SIGKILL to the whole group
+        when the grace period is over; the holder owns every step and every timer."""
         container = self.containers.get(name)
         if container is None or container.stopping:
             return
         container.stopping = True
+        deadline = time.monotonic() + grace
+        if container.pre_stop is not None and grace > 0:
+            self._pre_stop(container, container.pre_stop, deadline)
+        else:
+            self._signal_stop(container, deadline)
+
+    def _alive(self, container: Container) -> bool:
+        return self.by_pid.get(container.pid) is container
+
+    def _signal_stop(self, container: Container, deadline: float) -> None:
+        if not self._alive(container):
+            return
         try:
-            os.kill(container.pid, signal.SIGTERM)
+            os.kill(container.pid, container.stop_signal)
         except ProcessLookupError:
             return
 
         def force() -> None:
-            if self.by_pid.get(container.pid) is container:
+            if self._alive(container):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(container.pid, signal.SIGKILL)
 
-        self.timers.append((time.monotonic() + grace, force))
+        self.timers.append((deadline, force))
+
+    def _pre_stop(self, container: Container, hook: protocol.HookSpec, deadline: float) -> None:
+        """kubelet's order: the handler within the grace period, then the stop signal with what
+        is left of it, but never less than 2 s."""
+        done = False
+
+        def after(code: int | None = None) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            if code:
+                procfs.say(f"holder: {container.name}: preStop handler exited {code}")
+            left = max(deadline - time.monotonic(), hooks.MIN_GRACE_AFTER_HOOK)
+            self._signal_stop(container, time.monotonic() + left)
+
+        if hook["kind"] == "sleep":
+            ends = min(time.monotonic() + float(hook.get("seconds", 0)), deadline)
+            self.timers.append((ends, after))
+            return
+        pid = os.fork()
+        if pid == 0:
+            hooks.run_child(hook, container.pid, max(0.1, deadline - time.monotonic()))
+        self.hooks[pid] = after
+
+        def out_of_time() -> None:
+            if self.hooks.get(pid) is after:  # still running when the grace period ended
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+        self.timers.append((deadline, out_of_time))
 
     def _shutdown(self, grace: float) -> None:
         self.exiting = True

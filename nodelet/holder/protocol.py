@@ -36,6 +36,23 @@ class MountSpec(TypedDict):
     read_only: bool
 
 
+class HookSpec(TypedDict):
+    """A preStop handler, run by the holder (so it runs even when the agent is gone)."""
+
+    kind: Literal["exec", "http", "sleep"]
+    argv: NotRequired[list[str]]
+    """exec: the command, run in the container's namespaces as its user."""
+    run_as_user: NotRequired[int | None]
+    run_as_group: NotRequired[int | None]
+    scheme: NotRequired[str]
+    host: NotRequired[str]
+    port: NotRequired[int]
+    path: NotRequired[str]
+    headers: NotRequired[list[list[str]]]
+    seconds: NotRequired[float]
+    """sleep: how long."""
+
+
 class ContainerSpec(TypedDict):
     """``spawn``'s container: fully prepared by the agent, applied by the holder as it is."""
 
@@ -51,6 +68,9 @@ class ContainerSpec(TypedDict):
     supplemental_groups: list[int]
     no_new_privileges: bool
     own_pid_namespace: bool
+    pre_stop: NotRequired[HookSpec]
+    stop_signal: NotRequired[int]
+    """The signal that asks it to stop (``lifecycle.stopSignal``), SIGTERM when absent."""
     cgroup_procs: NotRequired[list[str]]
     """``cgroup.procs`` files the child joins before exec (its limits apply from the first
     instruction); absent from older agents."""

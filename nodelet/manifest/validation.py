@@ -13,6 +13,7 @@ a value of any shape that check already reported; it skips such a value rather t
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -263,6 +264,42 @@ def _container(
     _env(container.get("env"), path, error)
     _ports(container.get("ports"), path, host_network, error)
     _mounts(container.get("volumeMounts"), path, volumes, error)
+    _lifecycle(_obj(container.get("lifecycle")), container, f"{path}.lifecycle", error)
+
+
+HANDLER_KINDS = ("exec", "httpGet", "sleep", "tcpSocket")
+STOP_SIGNALS = frozenset(s.name for s in signal.Signals if s.name.startswith("SIG") and
+                         not s.name.startswith("SIG_"))  # fmt: skip
+
+
+def _lifecycle(
+    lifecycle: dict[str, Any], container: dict[str, Any], path: str, error: ErrorSink
+) -> None:
+    """The API server's handler rules (exactly one kind), a port the container can resolve,
+    a command to run, and a stop signal Linux has."""
+    for hook in ("postStart", "preStop"):
+        handler = lifecycle.get(hook)
+        if not isinstance(handler, dict):
+            continue
+        kinds = [k for k in HANDLER_KINDS if handler.get(k) is not None]
+        where = f"{path}.{hook}"
+        if not kinds:
+            error(where, "must specify a handler type (exec, httpGet or sleep)")
+        elif len(kinds) > 1:
+            error(where, f"may not specify more than 1 handler type (found {', '.join(kinds)})")
+        if not (_obj(handler.get("exec")).get("command") or handler.get("exec") is None):
+            error(f"{where}.exec.command", "required")
+        port = _obj(handler.get("httpGet")).get("port")
+        if isinstance(port, str) and not port.isdigit():
+            names = {p.get("name") for _, p in _objects(container.get("ports"))}
+            if port not in names:
+                error(f"{where}.httpGet.port", f"no container port is named {port!r}")
+        seconds = _int(_obj(handler.get("sleep")).get("seconds"))
+        if handler.get("sleep") is not None and (seconds is None or seconds < 0):
+            error(f"{where}.sleep.seconds", "must be a non-negative integer")
+    stop = lifecycle.get("stopSignal")
+    if stop is not None and stop not in STOP_SIGNALS:
+        error(f"{path}.stopSignal", f"unknown signal {stop!r} (SIGTERM, SIGUSR1, SIGQUIT, ...)")
 
 
 def _env(env: Any, path: str, error: ErrorSink) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
+from nodelet.pod.hooks import HookError, handler_spec, stop_signal
 from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
 from nodelet.util import safepath
 
@@ -145,6 +146,14 @@ def build_container_config(
         mounts.append(Mount(source, mount["mountPath"], bool(mount.get("readOnly", False))))
     sc = container.get("securityContext") or {}
     pod_sc = ctx.pod.spec.get("securityContext") or {}
+    lifecycle = container.get("lifecycle") or {}
+    try:
+        pre_stop = None
+        if lifecycle.get("preStop"):
+            pre_stop = handler_spec(lifecycle["preStop"], container, ctx.pod_ip, user, group)
+        signal_number = stop_signal(container)
+    except HookError as err:
+        raise ContainerConfigError(f'container "{name}": lifecycle: {err}') from None
     return ContainerConfig(
         name=name,
         attempt=attempt,
@@ -158,4 +167,6 @@ def build_container_config(
         supplemental_groups=list(pod_sc.get("supplementalGroups") or []),
         no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
         own_pid_namespace=not (ctx.pod.host_pid or ctx.pod.share_process_namespace),
+        pre_stop=pre_stop,
+        stop_signal=signal_number,
     )

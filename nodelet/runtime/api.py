@@ -59,6 +59,12 @@ class ContainerConfig:
     own_pid_namespace: bool = False
     """The container is PID 1 of a PID namespace of its own (neither hostPID nor
     shareProcessNamespace), as containerd runs it."""
+    pre_stop: dict[str, Any] | None = None
+    """The preStop handler (the wire's HookSpec), run by the holder before the stop signal."""
+    stop_signal: int = 15
+    """SIGTERM unless ``lifecycle.stopSignal`` says otherwise."""
+    cgroup_procs: list[str] = field(default_factory=list)
+    """``cgroup.procs`` files the container joins before exec."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,16 @@ field, so a field added on one side and not the other is a type error, not a sil
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from typing import cast
 
 from nodelet.holder import protocol
 from nodelet.runtime.api import ContainerConfig, SandboxConfig
 
 
 def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
-    return {
+    spec: protocol.ContainerSpec = {
         "name": config.name,
         "attempt": config.attempt,
         "argv": list(config.argv),
@@ -27,6 +29,14 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         "no_new_privileges": config.no_new_privileges,
         "own_pid_namespace": config.own_pid_namespace,
     }
+    # Optional keys only when set: a holder started by an older agent never sees them.
+    if config.pre_stop:
+        spec["pre_stop"] = cast(protocol.HookSpec, config.pre_stop)
+    if config.stop_signal != signal.SIGTERM:
+        spec["stop_signal"] = config.stop_signal
+    if config.cgroup_procs:
+        spec["cgroup_procs"] = list(config.cgroup_procs)
+    return spec
 
 
 def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxRequest:
