@@ -9,6 +9,7 @@ start are ever killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -45,13 +46,21 @@ PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.execu
 Start = Callable[[list[str], str], "subprocess.Popen[bytes]"]
 
 
-def _rmdir_tree(top: Path) -> None:
-    """Remove a cgroup tree's directories, children first (cgroupfs files go with them)."""
+def _rmdir_tree(top: Path, killed: list[int]) -> None:
+    """Remove a test's own cgroup tree, children first (cgroupfs files go with the dirs).
+
+    Whatever still runs in it was started by the test (a grandchild a broken driver left
+    behind): it is SIGKILLed by pid first, so a failing test never leaves a tree or a process."""
     if not top.is_dir() or top.is_symlink():
         return
+    deadline = time.monotonic() + 5
     for path, _dirs, _files in os.walk(top, topdown=False, followlinks=False):
-        deadline = time.monotonic() + 5
         while True:
+            procs = Path(path, "cgroup.procs")
+            for pid in procs.read_text().split() if procs.exists() else []:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
             try:
                 os.rmdir(path)
                 break
@@ -100,8 +109,10 @@ def v1(root_name: str) -> Iterator[V1Driver]:
     try:
         yield driver
     finally:
+        killed: list[int] = []
         for controller in V1_CONTROLLERS:
-            _rmdir_tree(MOUNT / controller / root_name)
+            _rmdir_tree(MOUNT / controller / root_name, killed)
+        _reap(killed)
 
 
 @pytest.fixture
@@ -111,7 +122,17 @@ def v2(root_name: str) -> Iterator[V2Driver]:
     try:
         yield V2Driver(UNIFIED, f"/{root_name}")
     finally:
-        _rmdir_tree(UNIFIED / root_name)
+        killed: list[int] = []
+        _rmdir_tree(UNIFIED / root_name, killed)
+        _reap(killed)
+
+
+def _reap(pids: list[int]) -> None:
+    """Reap the leftovers the cleanup killed (orphaned grandchildren are pytest's children:
+    it is their subreaper as root); other processes are never waited for."""
+    for pid in dict.fromkeys(pids):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def cgroup_of(pid: int) -> dict[str, str]:
