@@ -35,6 +35,7 @@ __all__ = [
     "SETUP_ERROR",
     "STARTED_EVENT",
     "START_ERROR",
+    "UNHEALTHY_EVENT",
 ]  # fmt: skip
 
 # Container waiting reasons (kubelet's kuberuntime and images).
@@ -73,6 +74,7 @@ BACK_OFF_EVENT = "BackOff"
 FAILED_EVENT = "Failed"
 SANDBOX_CHANGED = "SandboxChanged"
 SANDBOX_CHANGED_MESSAGE = "Pod sandbox changed, it will be killed and re-created."
+UNHEALTHY_EVENT = "Unhealthy"
 MANIFEST_REJECTED = "ManifestRejected"
 """nodelet's own: a Warning on the Node naming a manifest file that was refused and why
 (kubelet only logs it)."""

@@ -48,6 +48,16 @@ _CONTAINER: dict[str, Policy] = {
     "terminationMessagePath": NOOP, "terminationMessagePolicy": NOOP,
     "resources": S, "resources.requests": NOOP,
     "resizePolicy": NOOP,
+    **{
+        f"{kind}Probe{key}": policy
+        for kind in ("startup", "liveness", "readiness")
+        for key, policy in (
+            ("", S), (".exec", OK), (".httpGet", OK), (".tcpSocket", OK), (".grpc", NO),
+            (".initialDelaySeconds", OK), (".periodSeconds", OK), (".timeoutSeconds", OK),
+            (".successThreshold", OK), (".failureThreshold", OK),
+            (".terminationGracePeriodSeconds", OK),
+        )
+    },
     "lifecycle": S, "lifecycle.stopSignal": OK, "lifecycle.preStop": S,
     "lifecycle.preStop.exec": OK, "lifecycle.preStop.httpGet": OK,
     "lifecycle.preStop.sleep": OK, "lifecycle.preStop.tcpSocket": NO,

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from nodelet.manifest.schema import plain, show
+from nodelet.probe.worker import ProbeSpec
 
 ErrorSink = Callable[[str, str], None]
 
@@ -179,6 +180,7 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
         for index, container in _objects(spec.get(kind)):
             path = f"spec.{kind}[{index}]"
             _container(container, path, volumes, host_network, error)
+            _probes(container, path, kind == "initContainers", error)
             name = container.get("name")
             if isinstance(name, str) and name in seen:
                 error(f"{path}.name", f"duplicate container name {show(name)} (also {seen[name]})")
@@ -265,6 +267,43 @@ def _container(
     _ports(container.get("ports"), path, host_network, error)
     _mounts(container.get("volumeMounts"), path, volumes, error)
     _lifecycle(_obj(container.get("lifecycle")), container, f"{path}.lifecycle", error)
+
+
+PROBE_KINDS = ("startup", "liveness", "readiness")
+PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+
+
+def _probes(container: dict[str, Any], path: str, init: bool, error: ErrorSink) -> None:
+    """The API server's probe rules: not on init containers, exactly one handler, kubelet's
+    bounds on timing and thresholds, and a port the container can resolve."""
+    for kind in PROBE_KINDS:
+        probe = container.get(f"{kind}Probe")
+        if not isinstance(probe, dict):
+            continue
+        where = f"{path}.{kind}Probe"
+        if init:
+            error(where, "may not be set for init containers")
+            continue
+        handlers = [h for h in PROBE_HANDLERS if probe.get(h) is not None]
+        if not handlers:
+            error(where, "must specify a handler type (exec, httpGet or tcpSocket)")
+        elif len(handlers) > 1:
+            error(where, f"may not specify more than 1 handler type (found {', '.join(handlers)})")
+        if not (_obj(probe.get("exec")).get("command") or probe.get("exec") is None):
+            error(f"{where}.exec.command", "required")
+        for handler in ("httpGet", "tcpSocket"):
+            port = _obj(probe.get(handler)).get("port")
+            if isinstance(port, str) and not port.isdigit():
+                names = {p.get("name") for _, p in _objects(container.get("ports"))}
+                if port not in names:
+                    error(f"{where}.{handler}.port", f"no container port is named {port!r}")
+            elif probe.get(handler) is not None and port is None:
+                error(f"{where}.{handler}.port", "required")
+        try:
+            ProbeSpec.from_k8s(kind, probe)
+        except ValueError as err:
+            field, _, why = str(err).partition(": ")
+            error(f"{path}.{field}" if why else where, why or str(err))
 
 
 HANDLER_KINDS = ("exec", "httpGet", "sleep", "tcpSocket")

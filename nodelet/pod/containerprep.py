@@ -108,7 +108,7 @@ def build_env(ctx: PodContext, container: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
-def _identity(
+def identity(
     pod_spec: Mapping[str, Any], container: Mapping[str, Any]
 ) -> tuple[int | None, int | None, bool]:
     pod_sc = pod_spec.get("securityContext") or {}
@@ -133,7 +133,7 @@ def build_container_config(
             f'container "{name}": no command: image {container.get("image")!r} runs on the host '
             "filesystem, which has no entrypoint"
         )
-    user, group, non_root = _identity(ctx.pod.spec, container)
+    user, group, non_root = identity(ctx.pod.spec, container)
     if non_root and not user:
         raise ContainerConfigError(
             f'container "{name}": container has runAsNonRoot and image will run as root'

@@ -6,7 +6,7 @@ Pure: the caller passes the clock and the previous status (for condition transit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from nodelet import reasons
 from nodelet.model import StaticPod
@@ -15,6 +15,27 @@ from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatu
 from nodelet.util.timefmt import rfc3339
 
 Json = dict[str, Any]
+
+
+class ProbeResults(Protocol):
+    """What the probes say of a running container (kubelet's ``started`` and ``ready``)."""
+
+    def started(self, name: str) -> bool: ...
+
+    def ready(self, name: str) -> bool: ...
+
+
+class NoProbes:
+    """A pod without probes: running means started and ready."""
+
+    def started(self, name: str) -> bool:
+        return True
+
+    def ready(self, name: str) -> bool:
+        return True
+
+
+NO_PROBES = NoProbes()
 
 
 def container_id(pod_uid: str, record: ContainerRecord) -> str:
@@ -61,6 +82,7 @@ def container_status(
     sandbox: SandboxStatus | None,
     actions: PodActions,
     default_waiting: str,
+    probes: ProbeResults = NO_PROBES,
 ) -> Json:
     """One entry of ``containerStatuses``/``initContainerStatuses``."""
     name = container["name"]
@@ -87,8 +109,8 @@ def container_status(
         status["state"] = {"waiting": {"reason": default_waiting}}
     elif _is_running(last, sandbox):
         status["state"] = {"running": {"startedAt": rfc3339(last.started_at)}}
-        status["ready"] = True
-        status["started"] = True
+        status["started"] = probes.started(name)
+        status["ready"] = probes.ready(name)
     else:
         status["state"] = {"terminated": _terminated(pod.uid, last)}
     if previous is not None:
@@ -236,6 +258,7 @@ def build_pod_status(
     node_ip: str,
     previous: Json | None,
     now: float,
+    probes: ProbeResults = NO_PROBES,
 ) -> Json:
     """The whole v1 PodStatus for ``pod``."""
     spec = pod.spec
@@ -245,7 +268,9 @@ def build_pod_status(
     ]
     # kubelet: PodInitializing for every container of a pod that has init containers.
     app_default = reasons.POD_INITIALIZING if init else reasons.CONTAINER_CREATING
-    app = [container_status(pod, c, sandbox, actions, app_default) for c in spec["containers"]]
+    app = [
+        container_status(pod, c, sandbox, actions, app_default, probes) for c in spec["containers"]
+    ]
     _never_fewer_restarts(init + app, previous)
     phase = actions.terminal_phase or get_phase(spec, init, app)
     conditions = _conditions(spec, sandbox, actions, init, app, phase)

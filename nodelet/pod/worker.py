@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,16 @@ from nodelet.pod.containerprep import (
     ContainerConfigError,
     PodContext,
     build_container_config,
+    identity,
     pod_hostname,
     pod_log_dir,
     sandbox_config,
 )
+from nodelet.pod.probes import PodProbes, ProbeTarget
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
 from nodelet.runtime.api import (
+    ContainerRecord,
     ContainerStartError,
     Runtime,
     SandboxStatus,
@@ -161,6 +165,7 @@ class PodWorker:
         self._failures: dict[str, StartFailure] = {}
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
+        self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self.state = WorkerState.WAITING
         self.done = asyncio.Event()
         """Set once TERMINATED: the next pod of the same full name may start."""
@@ -219,6 +224,7 @@ class PodWorker:
             # Never silent: the worker is gone, so say so with the pod it was for.
             log.exception("pod worker failed %s", describe(self.pod))
         finally:
+            self._probes.stop()
             self.done.set()
 
     async def _sleep_until(self, wake_at: float | None) -> None:
@@ -263,6 +269,9 @@ class PodWorker:
             actions = self._actions(sandbox)
             if actions.start:
                 self.poke()  # something already finished (a quick init container): go on now
+        if await self._sync_probes(sandbox):
+            sandbox = await runtime.pod_status(self.uid)
+            actions = self._actions(sandbox)
         if actions.terminal_phase and sandbox is not None and sandbox.ready:
             # Nothing will run again: free the namespaces, as kubelet removes the sandbox.
             log.info("pod %s: ending its holder %s", actions.terminal_phase, describe(self.pod))
@@ -270,6 +279,42 @@ class PodWorker:
             sandbox = await runtime.pod_status(self.uid)
         self._report(sandbox, actions)
         return actions.wake_at
+
+    async def _sync_probes(self, sandbox: SandboxStatus | None) -> bool:
+        """Probe workers for the running containers; kill those a liveness or startup probe
+        failed (restarted then by restartPolicy, as kubelet does). True when it killed one."""
+        running = {}
+        if sandbox is not None and sandbox.ready:
+            running = {
+                r.name: r
+                for r in sandbox.containers
+                if r.running and r.started_at >= sandbox.created_at
+            }
+        self._probes.sync(running, functools.partial(self._probe_target, sandbox))
+        killed = False
+        for name, _attempt, kind, result in self._probes.verdicts():
+            grace = self._probes.grace_for(name, kind, self.pod.grace_seconds)
+            message = f"Container {name} failed {kind} probe, will be restarted"
+            self._event(
+                reasons.EVENT_NORMAL, reasons.KILLING_EVENT, message, self._field_path(name)
+            )
+            log.info("%s %s: %s", message, describe(self.pod), result.message)
+            await self._ctx.runtime.stop_container(self.uid, name, grace)
+            killed = True
+        return killed
+
+    def _probe_target(
+        self, sandbox: SandboxStatus | None, record: ContainerRecord, container: Mapping[str, Any]
+    ) -> ProbeTarget:
+        user, group, _ = identity(self.pod.spec, container)
+        holder = sandbox.holder_pid if sandbox is not None else None
+        netns = None if self.pod.host_network or holder is None else f"/proc/{holder}/ns/net"
+        node_ip = self._ctx.config.node_ip
+        pod_ip = self.pod.ip(node_ip, sandbox.pod_ip if sandbox else None) or ""
+        return ProbeTarget(record.pid, pod_ip, netns, user, group)
+
+    def _probe_event(self, type_: str, reason: str, message: str, container: str) -> None:
+        self._event(type_, reason, message, self._field_path(container))
 
     def _event(self, type_: str, reason: str, message: str, field_path: str = "") -> None:
         self._ctx.on_event(self.pod, type_, reason, message, field_path)
@@ -376,7 +421,13 @@ class PodWorker:
 
     def _report(self, sandbox: SandboxStatus | None, actions: PodActions) -> None:
         status = build_pod_status(
-            self.pod, sandbox, actions, self._ctx.config.node_ip, self.status, self._ctx.clock()
+            self.pod,
+            sandbox,
+            actions,
+            self._ctx.config.node_ip,
+            self.status,
+            self._ctx.clock(),
+            self._probes,
         )
         self.status = status
         self._ctx.on_status(self.uid, status)
@@ -385,6 +436,7 @@ class PodWorker:
         """Stop every container within the grace period, end the holder, remove pod state."""
         pod = self.pod
         grace = self.pod.grace_seconds
+        self._probes.stop()
         log.info("killing %s grace=%ss", describe(pod), grace)
         for key in ("initContainerStatuses", "containerStatuses"):
             for st in (self.status or {}).get(key, []):

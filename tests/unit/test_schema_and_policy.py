@@ -182,7 +182,10 @@ def test_pattern_of_drops_indices_and_keys() -> None:
         ("spec.affinity.nodeAffinity", Policy.NO_EFFECT),  # covered by affinity
         ("spec.volumes[].secret.secretName", Policy.FORBIDDEN),
         ("spec.containers[].env[].valueFrom.fieldRef.fieldPath", Policy.IMPLEMENTED),
-        ("spec.containers[].livenessProbe", Policy.UNSUPPORTED),
+        ("spec.containers[].livenessProbe", Policy.STRUCT),
+        ("spec.containers[].livenessProbe.httpGet", Policy.IMPLEMENTED),
+        ("spec.containers[].livenessProbe.grpc", Policy.UNSUPPORTED),
+        ("spec.containers[].lifecycle.postStart", Policy.UNSUPPORTED),
         ("spec.containers[].securityContext.capabilities", Policy.UNSUPPORTED),
         ("spec.securityContext.sysctls", Policy.UNSUPPORTED),
         ("spec.newField", Policy.UNSUPPORTED),  # unknown to the table: refused
@@ -198,8 +201,8 @@ def test_policy_of(pattern: str, expected: Policy) -> None:
     ("manifest", "expected"),
     [
         (
-            with_container(livenessProbe={"exec": {"command": ["true"]}}),
-            [unsupported("spec.containers[0].livenessProbe")],
+            with_container(livenessProbe={"grpc": {"port": 9000}}),
+            [unsupported("spec.containers[0].livenessProbe.grpc")],
         ),
         (
             pod(initContainers=[{"name": "i", "image": "host", "restartPolicy": "Always"}]),
