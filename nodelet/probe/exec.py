@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Sequence
 
 from nodelet.probe.result import Outcome, ProbeResult
@@ -65,13 +66,6 @@ def container_environ(target_pid: int) -> dict[str, str]:
     return env
 
 
-async def _read_capped(stream: asyncio.StreamReader) -> bytes:
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        kept += chunk[: MAX_OUTPUT - len(kept)]
-    return bytes(kept)
-
-
 def _join_cgroups(pid: int, cgroup_procs: Sequence[str]) -> None:
     for path in cgroup_procs:
         try:
@@ -81,11 +75,93 @@ def _join_cgroups(pid: int, cgroup_procs: Sequence[str]) -> None:
             log.warning("exec probe pid %d not moved into cgroup %s: %s", pid, path, err)
 
 
-def _kill_session(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL the probe's process group, led by ``proc`` which is not reaped yet."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+class _Probe:
+    """The probe's session: its leader (``nsenter``, or the cgroup gate) watched through a
+    pidfd, its output through a non-blocking pipe. Waiting is on the leader's exit, never on
+    the pipe's end, so a process the command left behind holding the pipe cannot hang it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], output_fd: int) -> None:
+        self.proc = proc
+        self.output_fd = output_fd
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.output = bytearray()
+        self.exited = False
+        os.set_blocking(output_fd, False)
+
+    def _read(self) -> bool:
+        """Read what the pipe holds now; False at its end."""
+        while True:
+            try:
+                data = os.read(self.output_fd, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self.output += data[: MAX_OUTPUT - len(self.output)]
+
+    async def wait_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_output() -> None:
+            if not self._read():
+                loop.remove_reader(self.output_fd)
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(self.output_fd, on_output)
+        loop.add_reader(self.pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(self.output_fd)
+            loop.remove_reader(self.pidfd)
+        self.exited = True
+        self._read()
+
+    def returncode(self) -> int:
+        """The leader's exit status; it has exited, so this does not block."""
+        return self.proc.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL the whole session by the leader's pid, which cannot have been reused: the
+        leader is not reaped until it has exited here."""
+        if not self.exited:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.wait_exit()
+        if self.exited:
+            self.proc.wait()
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+        os.close(self.output_fd)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
+def _spawn(argv: list[str], env: dict[str, str], gated: bool) -> _Probe:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            bufsize=0,
+            stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return _Probe(proc, read_fd)
 
 
 async def exec_probe(
@@ -104,29 +180,21 @@ async def exec_probe(
     if cgroup_procs:
         argv = ["/bin/sh", "-c", _GATE, "nodelet-exec-probe", *argv]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if cgroup_procs else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=container_environ(target_pid),
-            start_new_session=True,
-        )
+        probe = _spawn(argv, container_environ(target_pid), gated=bool(cgroup_procs))
     except OSError as err:
         return ProbeResult(Outcome.UNKNOWN, f"cannot start the exec probe {argv[0]}: {err}")
     try:
-        if proc.stdin is not None:
-            _join_cgroups(proc.pid, cgroup_procs)
-            proc.stdin.write(b"\n")
-            proc.stdin.close()
-        assert proc.stdout is not None
+        if probe.proc.stdin is not None:
+            _join_cgroups(probe.proc.pid, cgroup_procs)
+            with contextlib.suppress(BrokenPipeError):
+                probe.proc.stdin.write(b"\n")
         async with asyncio.timeout(timeout):
-            output = await _read_capped(proc.stdout)
-            code = await proc.wait()
+            await probe.wait_exit()
+        code = probe.returncode()
     except TimeoutError:
         return ProbeResult(Outcome.FAILURE, f'command "{" ".join(command)}" timed out')
     finally:
-        _kill_session(proc)
-        await proc.wait()
-    message = output.decode("utf-8", "replace")
+        await probe.kill()
+        probe.close()
+    message = probe.output.decode("utf-8", "replace")
     return ProbeResult(Outcome.SUCCESS if code == 0 else Outcome.FAILURE, message)
