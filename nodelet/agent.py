@@ -13,6 +13,8 @@ import signal
 import time
 from typing import Any
 
+from nodelet.cgroups import driver as cgroups
+from nodelet.cgroups.driver import CgroupDriver
 from nodelet.cluster.mirrorplan import DISABLED
 from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
@@ -26,7 +28,7 @@ from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
 from nodelet.pod.worker import WorkerContext, describe
 from nodelet.pod.workers import PodWorkers
-from nodelet.runtime.api import Runtime
+from nodelet.runtime.api import KnownPod, Runtime
 from nodelet.server.local import (
     LocalServer,
     redact_pod_list,
@@ -103,6 +105,7 @@ class Agent:
         )
         await warm
         await asyncio.to_thread(self._backoff_store.load)
+        self._ctx.cgroups = await asyncio.to_thread(self._cgroups, known)
         self.pods.adopt(known)
         await self.server.start()  # the TCP port only when healthz_port is set
         if self.cluster is not None:
@@ -124,6 +127,22 @@ class Agent:
                 await self.cluster.close()
             await self.server.close()
             await self.runtime.close()
+
+    def _cgroups(self, known: list[KnownPod]) -> CgroupDriver | None:
+        """The node's cgroup driver, and the cgroups of pods that are gone swept away (an
+        agent that died between a pod's end and its clean-up left them)."""
+        try:
+            driver = cgroups.detect(cgroup_root=self.config.cgroup_root)
+        except (OSError, ValueError) as err:
+            log.warning("cgroups unusable, pods run without resource limits: %s", err)
+            return None
+        log.info("cgroup v%d driver, pods under %s", driver.version, self.config.cgroup_root)
+        try:
+            for path in driver.sweep({pod.pod_uid for pod in known}):
+                log.info("removed the cgroup of a pod that is gone: %s", path)
+        except (OSError, ValueError) as err:
+            log.warning("sweeping leftover pod cgroups failed: %s", err)
+        return driver
 
     async def _log_gc(self) -> None:
         """Remove the logs of removed pods, once the manifest dir was read completely (as

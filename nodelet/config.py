@@ -44,6 +44,11 @@ class AgentConfig:
     backoff_max: float = DEFAULT_MAX_SECONDS
     resync_seconds: float = 10.0
     """Every pod is synced at least this often even without events (kubelet's resync)."""
+    cgroup_root: str = "/nodelet"
+    """Where pod cgroups go in each hierarchy (kubelet's ``--cgroup-root``); its own, so a
+    kubelet's ``/kubepods`` on the same host is never touched."""
+    pod_pids_limit: int | None = None
+    """``--pod-max-pids``: the most processes a pod may have; None is unlimited (kubelet's -1)."""
     kubeconfig: Path | None = None
     """The API server and the node's credentials; None runs standalone (no Node, no mirrors)."""
     register_node: bool = True

@@ -23,6 +23,7 @@ __all__ = [
     "KILLING_EVENT",
     "LOG_WRITE_FAILED",
     "MANIFEST_REJECTED",
+    "OOM_KILLED",
     "POD_COMPLETED",
     "POD_INITIALIZING",
     "POD_SANDBOX_NOT_FOUND",
@@ -49,6 +50,7 @@ POD_SANDBOX_NOT_READY = "PodSandboxNotReady"
 
 # Container terminated reasons.
 COMPLETED = "Completed"
+OOM_KILLED = "OOMKilled"
 ERROR = "Error"
 CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
 

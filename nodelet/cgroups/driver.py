@@ -18,6 +18,7 @@ directory, so neither a symlink nor a ``..`` can take it outside the nodelet roo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -95,6 +96,11 @@ class CgroupDriver(Protocol):
 
     def remove_pod(self, pod_uid: str, qos: str) -> None:
         """Kill whatever still runs in the pod's cgroups, then remove them; idempotent."""
+        ...
+
+    def remove_container(self, pod_uid: str, qos: str, name: str) -> None:
+        """Remove a finished container's (empty) cgroup, so its next run starts with fresh
+        counters (an OOM kill is then this run's); a busy one is left as it is."""
         ...
 
     def sweep(self, live_pod_uids: set[str]) -> list[str]:
@@ -339,6 +345,14 @@ class BaseDriver:
         self.kill_all(parts, deadline)
         for mount in self.mounts:
             remove_tree(mount.joinpath(*parts), deadline)
+
+    def remove_container(self, pod_uid: str, qos: str, name: str) -> None:
+        parts = self.container_parts(pod_uid, qos, name)
+        for mount in self.mounts:
+            path = mount.joinpath(*parts)
+            if is_real_dir(path):
+                with contextlib.suppress(OSError):  # busy (a straggler), or gone meanwhile
+                    path.rmdir()
 
     def kill_all(self, parts: tuple[str, ...], deadline: float) -> None:
         """Kill every process in the pod's cgroups and wait until they are gone."""

@@ -76,6 +76,17 @@ def add_run_arguments(sub: Any) -> None:
         default=AgentConfig.backoff_max,
         help="longest CrashLoopBackOff window (default: %(default)ss)",
     )
+    run.add_argument(
+        "--cgroup-root",
+        default=AgentConfig.cgroup_root,
+        help="cgroup under which pod cgroups go, in every hierarchy (default: %(default)s)",
+    )
+    run.add_argument(
+        "--pod-max-pids",
+        type=int,
+        default=-1,
+        help="most processes a pod may run, -1 for no limit (default: %(default)s)",
+    )
     api = run.add_argument_group("API server (kubelet's flags; without --kubeconfig: standalone)")
     api.add_argument(
         "--kubeconfig",
@@ -144,6 +155,7 @@ def node_labels(text: str) -> tuple[tuple[str, str], ...]:
 
 def run(args: argparse.Namespace) -> int:
     from nodelet.agent import Agent
+    from nodelet.cgroups.driver import root_parts
     from nodelet.cluster.sync import KubeconfigError
     from nodelet.config import UnsafeDirError
     from nodelet.runtime.process import ProcessRuntime
@@ -164,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         file_check_frequency=args.file_check_frequency,
         backoff_initial=args.crashloop_backoff_initial,
         backoff_max=args.crashloop_backoff_max,
+        cgroup_root=args.cgroup_root,
+        pod_pids_limit=args.pod_max_pids if args.pod_max_pids > 0 else None,
         kubeconfig=args.kubeconfig.absolute() if args.kubeconfig else None,
         register_node=args.register_node,
         node_labels=args.node_labels,
@@ -177,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
         kube_api_burst=args.kube_api_burst,
         kubelet_port=args.port,
     )
+    try:
+        root_parts(config.cgroup_root)
+    except ValueError as err:
+        print(f"nodelet run: --cgroup-root: {err}", file=sys.stderr)
+        return 2
     if config.kube_api_qps <= 0 or config.kube_api_burst < 1:
         print("nodelet run: --kube-api-qps must be > 0 and --kube-api-burst >= 1", file=sys.stderr)
         return 2

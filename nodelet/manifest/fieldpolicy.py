@@ -46,7 +46,8 @@ _CONTAINER: dict[str, Policy] = {
     "volumeDevices": FORBID,
     "imagePullPolicy": NOOP,
     "terminationMessagePath": NOOP, "terminationMessagePolicy": NOOP,
-    "resources": S, "resources.requests": NOOP,
+    "resources": S, "resources.requests": OK, "resources.limits": OK,
+    "resources.claims": FORBID,
     "resizePolicy": NOOP,
     **{
         f"{kind}Probe{key}": policy
@@ -127,7 +128,7 @@ _WHY_FORBIDDEN = {
     "config maps", "envFrom": "config maps or secrets", "imagePullSecrets": "secrets",
     "serviceAccountName": "service accounts", "serviceAccount": "service accounts",
     "ephemeralContainers": "ephemeral containers", "resourceClaims": "resource claims",
-    "volumeDevices": "persistent volume claims",
+    "volumeDevices": "persistent volume claims", "claims": "resource claims",
 }  # fmt: skip
 
 _INDEX = re.compile(r"\[[^\]]*\]")

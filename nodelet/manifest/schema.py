@@ -166,6 +166,8 @@ def check(value: Any, kind: str, path: str, error: ErrorSink) -> None:
             error(path, f"expected an object, got {describe(value)}")
             return
         inner = kind[5:-1].split(", ", 1)[1]
+        if path.endswith((".requests", ".limits")):
+            inner = "object"  # a Quantity: "500m", or a number as YAML writes `cpu: 1`
         for key, item in value.items():
             where = f"{path}[{show(key)}]"
             if not isinstance(key, str):

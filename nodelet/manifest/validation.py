@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from nodelet.cgroups.quantity import QuantityError, parse_quantity
 from nodelet.manifest.schema import plain, show
 from nodelet.probe.worker import ProbeSpec
 
@@ -267,6 +268,41 @@ def _container(
     _ports(container.get("ports"), path, host_network, error)
     _mounts(container.get("volumeMounts"), path, volumes, error)
     _lifecycle(_obj(container.get("lifecycle")), container, f"{path}.lifecycle", error)
+    _resources(_obj(container.get("resources")), f"{path}.resources", error)
+
+
+ENFORCED_RESOURCES = ("cpu", "memory")
+"""What cgroups enforce here; ``ephemeral-storage`` is kubelet's eviction, not implemented."""
+
+
+def _resources(resources: dict[str, Any], path: str, error: ErrorSink) -> None:
+    """Known resources with valid quantities, and no request above its limit (the API
+    server's rules): a limit nodelet cannot enforce is refused, not ignored."""
+    for kind in ("requests", "limits"):
+        for name, value in _obj(resources.get(kind)).items():
+            where = f"{path}.{kind}[{show(name)}]"
+            if name not in ENFORCED_RESOURCES:
+                error(
+                    where,
+                    f"unsupported resource (nodelet enforces {', '.join(ENFORCED_RESOURCES)})",
+                )
+                continue
+            try:
+                parse_quantity(value)
+            except QuantityError as err:
+                error(where, str(err))
+    requests, limits = _obj(resources.get("requests")), _obj(resources.get("limits"))
+    for name in ENFORCED_RESOURCES:
+        try:
+            over = (
+                name in requests
+                and name in limits
+                and parse_quantity(requests[name]) > parse_quantity(limits[name])
+            )
+        except QuantityError:
+            continue  # reported above
+        if over:
+            error(f"{path}.requests[{show(name)}]", f"must be less than or equal to {name} limit")
 
 
 PROBE_KINDS = ("startup", "liveness", "readiness")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from nodelet import reasons
+from nodelet.cgroups.resources import qos_class
 from nodelet.model import StaticPod
 from nodelet.pod.actions import PodActions
 from nodelet.runtime.api import UNKNOWN_EXIT_CODE, ContainerRecord, SandboxStatus
@@ -243,14 +244,6 @@ def _never_fewer_restarts(statuses: list[Json], previous: Json | None) -> None:
         st["restartCount"] = max(st["restartCount"], before.get(st["name"], 0))
 
 
-def qos_class(spec: Mapping[str, Any]) -> str:
-    """BestEffort without requests; Burstable otherwise (limits are not accepted yet)."""
-    for container in [*spec.get("initContainers", []), *spec["containers"]]:
-        if (container.get("resources") or {}).get("requests"):
-            return "Burstable"
-    return "BestEffort"
-
-
 def build_pod_status(
     pod: StaticPod,
     sandbox: SandboxStatus | None,
@@ -280,7 +273,7 @@ def build_pod_status(
         "conditions": conditions,
         "hostIP": node_ip,
         "hostIPs": [{"ip": node_ip}],
-        "qosClass": qos_class(spec),
+        "qosClass": qos_class(spec),  # kubelet's GetPodQOS
         "containerStatuses": app,
     }
     if init:

@@ -8,6 +8,7 @@ completely gone, so an edited manifest never runs twice at once and its ports ne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import logging
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from nodelet import reasons
+from nodelet.cgroups.driver import CgroupDriver
+from nodelet.cgroups.quantity import QuantityError
+from nodelet.cgroups.resources import container_limits, container_resources, pod_limits, qos_class
 from nodelet.config import AgentConfig
 from nodelet.logs import retention
 from nodelet.manifest import schema
@@ -73,6 +77,8 @@ class WorkerContext:
     """Called with (pod UID, v1 PodStatus) after every sync."""
     on_event: Callable[[StaticPod, str, str, str, str], None] = _no_event
     """Called with (pod, type, reason, message, fieldPath): kubelet's events for the pod."""
+    cgroups: CgroupDriver | None = None
+    """The node's cgroup driver; None where cgroups are unusable (limits are then refused)."""
     node_hostname: str = socket.gethostname()
     clock: Callable[[], float] = time.time
     """Wall-clock epoch seconds (container exit times are wall-clock); tests inject their own."""
@@ -166,6 +172,9 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
+        self._exit_reasons: dict[tuple[str, int], str] = {}
+        """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
+        self._oom_checked: set[tuple[str, int]] = set()
         self.state = WorkerState.WAITING
         self.done = asyncio.Event()
         """Set once TERMINATED: the next pod of the same full name may start."""
@@ -249,6 +258,7 @@ class PodWorker:
         """One pass: observe, decide, act, report. Returns when to sync again at the latest."""
         runtime = self._ctx.runtime
         sandbox = await runtime.pod_status(self.uid)
+        self._check_oom_kills(sandbox)
         actions = self._actions(sandbox)
         self._backoff_events(actions)
         if actions.create_sandbox:
@@ -336,7 +346,54 @@ class PodWorker:
         retention.mark(pod_log_dir(config.pod_logs_dir, pod))
         log.info("creating sandbox %s", describe(pod))
         sandbox = sandbox_config(pod, self._ctx.node_hostname)
+        driver = self._ctx.cgroups
+        if driver is not None:
+            limits = pod_limits(pod.spec, config.pod_pids_limit)
+            await asyncio.to_thread(driver.create_pod, pod.uid, self._qos, limits)
+            procs = tuple(driver.holder_procs(pod.uid, self._qos))
+            sandbox = dataclasses.replace(sandbox, cgroup_procs=procs)
         return await self._ctx.runtime.run_sandbox(sandbox, pod_record(pod))
+
+    @property
+    def _qos(self) -> str:
+        return qos_class(self.pod.spec)
+
+    def _check_oom_kills(self, sandbox: SandboxStatus | None) -> None:
+        """A run that ended is looked up in its cgroup once, before the next run of the same
+        container replaces that cgroup: the kernel's OOM kill counter says OOMKilled, not a
+        guess from exit code 137."""
+        driver = self._ctx.cgroups
+        if driver is None or sandbox is None:
+            return
+        for name in {r.name for r in sandbox.containers}:
+            last = sandbox.latest(name)
+            if last is None or last.running or (name, last.attempt) in self._oom_checked:
+                continue
+            self._oom_checked.add((name, last.attempt))
+            try:
+                if driver.oom_killed(self.uid, self._qos, name):
+                    self._exit_reasons[(name, last.attempt)] = reasons.OOM_KILLED
+                    log.info("container OOM-killed %s container=%s", describe(self.pod), name)
+            except (OSError, ValueError) as err:
+                log.warning("cannot read the OOM state of %s container=%s: %s",
+                            describe(self.pod), name, err)  # fmt: skip
+
+    async def _container_cgroup(self, start: StartAction) -> list[str]:
+        """The container's own cgroup with its limits, fresh for every run."""
+        container = self._container_spec(start)
+        driver = self._ctx.cgroups
+        if driver is None:
+            if (container.get("resources") or {}).get("limits"):
+                raise ContainerConfigError(
+                    f'container "{start.name}": resources.limits need cgroups, and this node '
+                    "has none nodelet can use"
+                )
+            return []
+        limits = container_limits(container_resources(container), None)
+        await asyncio.to_thread(driver.remove_container, self.uid, self._qos, start.name)
+        return await asyncio.to_thread(
+            driver.create_container, self.uid, self._qos, start.name, limits
+        )
 
     def _pod_context(self, sandbox: SandboxStatus | None) -> PodContext:
         pod, config = self.pod, self._ctx.config
@@ -363,9 +420,10 @@ class PodWorker:
             config = build_container_config(
                 self._pod_context(sandbox), self._container_spec(start), start.attempt
             )
+            config = dataclasses.replace(config, cgroup_procs=await self._container_cgroup(start))
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
             record = await self._ctx.runtime.start_container(self.uid, config)
-        except (ContainerConfigError, VolumeError) as err:
+        except (ContainerConfigError, VolumeError, QuantityError, OSError) as err:
             reason = reasons.CREATE_CONTAINER_CONFIG_ERROR
             self._record_failure(start.name, reason, str(err), now)
             self._event(
@@ -420,6 +478,14 @@ class PodWorker:
         self._failures[name] = StartFailure(reason, message, now)
 
     def _report(self, sandbox: SandboxStatus | None, actions: PodActions) -> None:
+        if sandbox is not None and self._exit_reasons:
+            runs = tuple(
+                dataclasses.replace(r, reason=self._exit_reasons[(r.name, r.attempt)])
+                if (r.name, r.attempt) in self._exit_reasons
+                else r
+                for r in sandbox.containers
+            )
+            sandbox = dataclasses.replace(sandbox, containers=runs)
         status = build_pod_status(
             self.pod,
             sandbox,
@@ -452,6 +518,11 @@ class PodWorker:
                 # The successor waits for this pod to be gone, so keep trying rather than lie.
                 log.exception("kill failed, retrying %s", describe(pod))
                 await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
+        if self._ctx.cgroups is not None:
+            try:
+                await asyncio.to_thread(self._ctx.cgroups.remove_pod, pod.uid, self._qos)
+            except (OSError, ValueError) as err:
+                log.error("cannot remove the cgroups of %s: %s", describe(pod), err)
         try:
             await asyncio.to_thread(remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid)
         except (OSError, safepath.UnsafePathError) as err:

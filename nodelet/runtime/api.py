@@ -26,6 +26,8 @@ class SandboxConfig:
     grace_seconds: float | None = None
     """The pod's termination grace period: the holder keeps it, so a pod whose stored record
     cannot be read is still stopped gracefully."""
+    cgroup_procs: tuple[str, ...] = ()
+    """The pod-level ``cgroup.procs`` files the holder joins before it makes the namespaces."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
 
 def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxRequest:
     """The namespaces the holder creates: the pod's own unless it asked for the host's."""
-    return {
+    request: protocol.SandboxRequest = {
         "pod_dir": str(pod_dir),
         "pod_uid": config.pod_uid,
         "hostname": config.hostname,
@@ -51,3 +51,6 @@ def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxReq
         "pid": config.share_process_namespace and not config.host_pid,
         "grace_seconds": config.grace_seconds,
     }
+    if config.cgroup_procs:
+        request["cgroup_procs"] = list(config.cgroup_procs)
+    return request

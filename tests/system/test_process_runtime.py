@@ -37,7 +37,16 @@ class Box:
 
     async def sandbox(self, uid: str, **flags: bool) -> SandboxStatus:
         self.uids.append(uid)
-        config = SandboxConfig(uid, "default", uid, f"host-{uid}", **flags)
+        config = SandboxConfig(
+            uid,
+            "default",
+            uid,
+            f"host-{uid}",
+            host_network=flags.get("host_network", False),
+            host_pid=flags.get("host_pid", False),
+            host_ipc=flags.get("host_ipc", False),
+            share_process_namespace=flags.get("share_process_namespace", False),
+        )
         return await self.runtime.run_sandbox(config, {"uid": uid})
 
     async def run(self, uid: str, name: str, script: str, **extra: object) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from nodelet.cgroups.resources import qos_class
 from nodelet.model import StaticPod
 from nodelet.pod.actions import PodActions, Waiting
 from nodelet.pod.status import (
@@ -14,7 +15,6 @@ from nodelet.pod.status import (
     build_pod_status,
     container_status,
     get_phase,
-    qos_class,
 )
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
 from nodelet.util.timefmt import rfc3339

@@ -1,0 +1,170 @@
+"""Resources through the real agent on this machine's cgroup v1 hierarchies: limits land in the
+container's own cgroup before it runs, requests become shares, an OOM kill is reported as
+OOMKilled (read from the kernel's counter, not guessed from 137), the QoS class is kubelet's,
+and a removed pod leaves no cgroup behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agentharness import Agent, agent_session, wait_for
+from tests.system.conftest import FAST_BACKOFF
+
+pytestmark = pytest.mark.system
+
+MOUNTS = Path("/sys/fs/cgroup")
+HIERARCHIES = ("cpu", "memory", "pids", "cpuacct")
+SLEEP = "import os, time; print('pid=' + os.readlink('/proc/self'), flush=True); time.sleep(3600)"
+HOG = (
+    "import os, time\n"
+    "print('pid=' + os.readlink('/proc/self'), flush=True)\n"
+    "block = bytearray(128 << 20)\n"  # 128 MiB, touched: far over a 32 MiB limit
+    "for i in range(0, len(block), 4096):\n"
+    "    block[i] = 1\n"
+    "time.sleep(3600)\n"
+)
+
+
+@pytest.fixture
+def cgroup_root() -> Iterator[str]:
+    """A cgroup root of this test's own, removed (empty dirs only) afterwards."""
+    root = f"/nlt-{secrets.token_hex(4)}"
+    yield root
+    for hierarchy in HIERARCHIES:
+        top = MOUNTS / hierarchy / root.lstrip("/")
+        if top.is_dir():
+            for path in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
+                if path.is_dir():
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+
+@pytest.fixture
+def agent(cgroup_root: str) -> Iterator[Agent]:
+    with agent_session([*FAST_BACKOFF, "--cgroup-root", cgroup_root]) as factory:
+        first = factory()
+        first.start()
+        yield first
+
+
+def pod(name: str, code: str, resources: dict[str, Any]) -> str:
+    container = {"name": "c", "image": "host", "command": ["python3", "-c", code],
+                 "resources": resources}  # fmt: skip
+    spec = {"terminationGracePeriodSeconds": 1, "containers": [container]}
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                       "spec": spec})  # fmt: skip
+
+
+def cgroup_of(pid: int, hierarchy: str) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if hierarchy in controllers.split(","):
+            return MOUNTS / hierarchy / path.lstrip("/")
+    raise AssertionError(f"{pid} has no {hierarchy} cgroup")
+
+
+def read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def test_limits_and_requests_land_in_the_containers_own_cgroup(
+    agent: Agent, cgroup_root: str
+) -> None:
+    resources = {"requests": {"cpu": "100m", "memory": "64Mi"},
+                 "limits": {"cpu": "200m", "memory": "256Mi"}}  # fmt: skip
+    agent.write_manifest("limited.json", pod("limited", SLEEP, resources))
+    item = wait_for(lambda: agent.running("limited"), 20, "running")
+    pid = int(agent.log_value(item, "c", "pid"))
+    uid = item["metadata"]["uid"]
+    cpu, memory = cgroup_of(pid, "cpu"), cgroup_of(pid, "memory")
+    expected = (
+        MOUNTS / "cpu" / cgroup_root.lstrip("/") / "kubepods" / "burstable" / f"pod{uid}" / "c"
+    )
+    assert cpu == expected
+    assert read(cpu / "cpu.cfs_quota_us") == "20000" and read(cpu / "cpu.cfs_period_us") == "100000"
+    assert read(cpu / "cpu.shares") == "102"  # 100m: 100 * 1024 / 1000
+    assert read(memory / "memory.limit_in_bytes") == str(256 << 20)
+    assert item["status"]["qosClass"] == "Burstable"
+    # The pod level: the holder is there, with the pod's sums.
+    assert read(cpu.parent / "cpu.cfs_quota_us") == "20000"
+
+
+def test_qos_classes_are_kubelets(agent: Agent) -> None:
+    guaranteed = {"limits": {"cpu": "100m", "memory": "64Mi"}}
+    agent.write_manifest("g.json", pod("g", SLEEP, guaranteed))
+    agent.write_manifest("b.json", pod("b", SLEEP, {}))
+    g = wait_for(lambda: agent.running("g"), 20, "g running")
+    b = wait_for(lambda: agent.running("b"), 20, "b running")
+    assert g["status"]["qosClass"] == "Guaranteed"
+    assert b["status"]["qosClass"] == "BestEffort"
+    gpid = int(agent.log_value(g, "c", "pid"))
+    assert cgroup_of(gpid, "memory").parent.parent.name == "kubepods"  # no QoS level
+    bpid = int(agent.log_value(b, "c", "pid"))
+    assert cgroup_of(bpid, "cpu").parent.parent.name == "besteffort"
+    assert read(cgroup_of(bpid, "cpu") / "cpu.shares") == "2"
+
+
+def test_an_oom_kill_is_reported_as_oomkilled_and_restarted(agent: Agent) -> None:
+    agent.write_manifest("hog.json", pod("hog", HOG, {"limits": {"memory": "32Mi"}}))
+
+    def oom_killed() -> dict[str, Any] | None:
+        status = agent.container_status("hog", "c") or {}
+        for key in ("state", "lastState"):
+            terminated = (status.get(key) or {}).get("terminated")
+            if terminated and terminated.get("reason") == "OOMKilled":
+                return status
+        return None
+
+    status = wait_for(oom_killed, 20, "OOMKilled")
+    terminated = (status["lastState"] or status["state"])["terminated"]
+    assert terminated["exitCode"] == 137
+    wait_for(
+        lambda: (agent.container_status("hog", "c") or {}).get("restartCount", 0) >= 1,
+        20,
+        "restarted",
+    )
+
+
+def test_a_sigkilled_container_is_not_called_oomkilled(agent: Agent) -> None:
+    """Exit 137 alone is not an OOM kill: the kernel's counter decides."""
+    agent.write_manifest("killed.json", pod("killed", SLEEP, {"limits": {"memory": "64Mi"}}))
+    item = wait_for(lambda: agent.running("killed"), 20, "running")
+    os.kill(int(agent.log_value(item, "c", "pid")), signal.SIGKILL)
+    status = wait_for(
+        lambda: (
+            (s := agent.container_status("killed", "c")) and s.get("restartCount", 0) >= 1 and s
+        ),
+        20,
+        "restarted",
+    )
+    assert status["lastState"]["terminated"]["exitCode"] == 137
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+
+
+def test_nothing_of_a_removed_pods_cgroups_remains(agent: Agent, cgroup_root: str) -> None:
+    agent.write_manifest("gone.json", pod("gone", SLEEP, {"limits": {"memory": "64Mi"}}))
+    item = wait_for(lambda: agent.running("gone"), 20, "running")
+    uid = item["metadata"]["uid"]
+    (agent.manifests / "gone.json").unlink()
+
+    def leftovers() -> list[Path]:
+        return [
+            path
+            for hierarchy in HIERARCHIES
+            for path in (MOUNTS / hierarchy / cgroup_root.lstrip("/")).rglob(f"pod{uid}")
+        ]
+
+    assert leftovers()  # there while it runs
+    # The 1 s grace (its PID 1 ignores SIGTERM), then the clean-up.
+    wait_for(lambda: not leftovers(), 8, "every cgroup of the pod removed", interval=0.1)
