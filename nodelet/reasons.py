@@ -20,6 +20,7 @@ __all__ = [
     "EVENT_NORMAL",
     "EVENT_WARNING",
     "FAILED_EVENT",
+    "FAILED_POST_START_HOOK",
     "KILLING_EVENT",
     "LOG_WRITE_FAILED",
     "MANIFEST_REJECTED",
@@ -77,6 +78,8 @@ FAILED_EVENT = "Failed"
 SANDBOX_CHANGED = "SandboxChanged"
 SANDBOX_CHANGED_MESSAGE = "Pod sandbox changed, it will be killed and re-created."
 UNHEALTHY_EVENT = "Unhealthy"
+FAILED_POST_START_HOOK = "FailedPostStartHook"
+"""The event, and the reason the run it killed is terminated with."""
 MANIFEST_REJECTED = "ManifestRejected"
 """nodelet's own: a Warning on the Node naming a manifest file that was refused and why
 (kubelet only logs it)."""

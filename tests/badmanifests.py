@@ -257,7 +257,7 @@ BAD_MANIFESTS: list[BadManifest] = [
                 with_container(lifecycle={"stopSignal": "SIGNOPE"})),
     BadManifest("tcp-hook.yaml", "unsupported: spec.containers[0].lifecycle.preStop.tcpSocket",
                 with_container(lifecycle={"preStop": {"tcpSocket": {"port": 80}}})),
-    BadManifest("post-start.yaml", "unsupported: spec.containers[0].lifecycle.postStart",
-                with_container(lifecycle={"postStart": {"exec": {"command": ["true"]}}})),
+    BadManifest("post-start.yaml", "unsupported: spec.containers[0].lifecycle.postStart.tcpSocket",
+                with_container(lifecycle={"postStart": {"tcpSocket": {"port": 80}}})),
     *HOSTILE,
 ]  # fmt: skip

@@ -7,6 +7,7 @@ kubelet's initial results (not ready, not started). The startup probe gates the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -212,4 +213,24 @@ def _prober(
             return await tcp_probe(host, port, netns=target.netns, timeout=timeout)
 
         return run_tcp
-    raise ValueError("a probe needs exec, httpGet or tcpSocket")
+    raise ValueError("a handler needs exec, httpGet or tcpSocket")
+
+
+POST_START_TIMEOUT_SECONDS = 300.0
+"""kubelet waits for a postStart handler without a limit; one that never returns would hold
+the pod's worker for ever, so nodelet gives up after 5 min and counts it as failed."""
+
+
+async def run_post_start(
+    handler: Mapping[str, Any], container: Mapping[str, Any], target: ProbeTarget
+) -> ProbeResult:
+    """A postStart handler (exec, httpGet, sleep) against the container that just started."""
+    if handler.get("sleep") is not None:
+        await asyncio.sleep(float(handler["sleep"].get("seconds") or 0))
+        return ProbeResult(Outcome.SUCCESS)
+    try:
+        run = _prober(handler, container, target, POST_START_TIMEOUT_SECONDS)
+        result: ProbeResult = await run()
+    except ValueError as err:
+        return ProbeResult(Outcome.FAILURE, str(err))
+    return result

@@ -45,9 +45,10 @@ from nodelet.pod.containerprep import (
     pod_log_dir,
     sandbox_config,
 )
-from nodelet.pod.probes import PodProbes, ProbeTarget
+from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
+from nodelet.probe.result import Outcome
 from nodelet.runtime.api import (
     ContainerRecord,
     ContainerStartError,
@@ -466,6 +467,31 @@ class PodWorker:
             start.attempt,
             record.pid,
         )
+        handler = (self._container_spec(start).get("lifecycle") or {}).get("postStart")
+        if handler:
+            await self._post_start(start, handler, record, sandbox)
+
+    async def _post_start(
+        self,
+        start: StartAction,
+        handler: Mapping[str, Any],
+        record: ContainerRecord,
+        sandbox: SandboxStatus | None,
+    ) -> None:
+        """kubelet's postStart: the container is not reported Running until its handler
+        returned; a failed handler kills the container (FailedPostStartHook), and its
+        restartPolicy decides what comes next."""
+        container = self._container_spec(start)
+        target = self._probe_target(sandbox, record, container)
+        result = await run_post_start(handler, container, target)
+        if result.outcome is Outcome.SUCCESS:
+            return
+        message = f"PostStartHook failed: {result.message}".rstrip(": ")
+        path = self._field_path(start.name)
+        self._event(reasons.EVENT_WARNING, reasons.FAILED_POST_START_HOOK, message, path)
+        log.warning("%s %s container=%s", message, describe(self.pod), start.name)
+        self._exit_reasons[(start.name, record.attempt)] = reasons.FAILED_POST_START_HOOK
+        await self._ctx.runtime.stop_container(self.uid, start.name, self.pod.grace_seconds)
 
     def _record_failure(self, name: str, reason: str, message: str, now: float) -> None:
         log.error(

@@ -174,3 +174,45 @@ def test_an_agent_killed_during_prestop_still_gets_the_pod_stopped_in_time(event
     term = first(events, "SIGTERM") - removed
     assert 1.9 <= term <= 3.0, term
     assert 3.5 <= ended <= 5.5, ended
+
+
+SLOW_NOTE = (
+    "import time; time.sleep(1.5); open('/mnt/log', 'a').write(f'poststart {time.time()}\\n')"
+)
+
+
+def test_poststart_runs_in_the_container_before_it_is_running(events: Path) -> None:
+    mark = marker("poststart")
+    lifecycle = {"postStart": {"exec": {"command": ["python3", "-c", SLOW_NOTE]}}}
+    with agent_session() as factory:
+        agent = factory()
+        agent.start()
+        agent.write_manifest("late.json", pod("late", events, lifecycle, 1, mark))
+        wait_for(lambda: any(w == "ready" for w, _ in events_of(events)), 20, "the process")
+        running = wait_for(
+            lambda: time.time() if agent.running("late") else None, 10, "Running", interval=0.01
+        )
+    handler_done = first(events, "poststart")
+    started = first(events, "ready")
+    assert handler_done - started >= 1.4  # the handler ran its 1.5 s in the live container
+    assert running >= handler_done, "reported Running before postStart returned"
+
+
+def test_a_failed_poststart_kills_the_container(events: Path) -> None:
+    mark = marker("failing")
+    lifecycle = {"postStart": {"exec": {"command": ["false"]}}}
+    with agent_session() as factory:
+        agent = factory()
+        agent.start()
+        agent.write_manifest("bad.json", pod("bad", events, lifecycle, 1, mark))
+
+        def killed() -> dict[str, Any] | None:
+            status = agent.container_status("bad", "app") or {}
+            for key in ("state", "lastState"):
+                terminated = (status.get(key) or {}).get("terminated") or {}
+                if terminated.get("reason") == "FailedPostStartHook":
+                    return status
+            return None
+
+        status = wait_for(killed, 20, "FailedPostStartHook")
+        assert "running" not in status["state"] or status["restartCount"] >= 1

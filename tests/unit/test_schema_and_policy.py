@@ -185,7 +185,8 @@ def test_pattern_of_drops_indices_and_keys() -> None:
         ("spec.containers[].livenessProbe", Policy.STRUCT),
         ("spec.containers[].livenessProbe.httpGet", Policy.IMPLEMENTED),
         ("spec.containers[].livenessProbe.grpc", Policy.UNSUPPORTED),
-        ("spec.containers[].lifecycle.postStart", Policy.UNSUPPORTED),
+        ("spec.containers[].lifecycle.postStart.exec", Policy.IMPLEMENTED),
+        ("spec.containers[].lifecycle.postStart.tcpSocket", Policy.UNSUPPORTED),
         ("spec.containers[].securityContext.capabilities", Policy.UNSUPPORTED),
         ("spec.securityContext.sysctls", Policy.UNSUPPORTED),
         ("spec.newField", Policy.UNSUPPORTED),  # unknown to the table: refused
