@@ -16,6 +16,7 @@ __all__ = [
     "CRASH_LOOP_BACK_OFF",
     "CREATED_EVENT",
     "CREATE_CONTAINER_CONFIG_ERROR",
+    "DEADLINE_EXCEEDED",
     "ERROR",
     "EVENT_NORMAL",
     "EVENT_WARNING",
@@ -54,6 +55,9 @@ COMPLETED = "Completed"
 OOM_KILLED = "OOMKilled"
 ERROR = "Error"
 CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
+
+# Pod reasons.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 # Pod condition reasons.
 POD_COMPLETED = "PodCompleted"

@@ -244,6 +244,8 @@ BAD_MANIFESTS: list[BadManifest] = [
                 with_container(resources={"limits": {"hugepages-2Mi": "2Mi"}})),
     BadManifest("request-over-limit.yaml", "resources.requests['memory']: must be less than or equal to memory limit",
                 with_container(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}})),
+    BadManifest("deadline.yaml", "spec.activeDeadlineSeconds: must be a positive integer",
+                encoded(pod(activeDeadlineSeconds=0))),
     BadManifest("bad-quantity.yaml", "resources.requests['cpu']: ",
                 with_container(resources={"requests": {"cpu": "lots"}})),
     BadManifest("two-handlers.yaml", "lifecycle.preStop: may not specify more than 1 handler type",

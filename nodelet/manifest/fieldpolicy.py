@@ -79,6 +79,7 @@ _POD: dict[str, Policy] = {
     "metadata.managedFields": NOOP, "metadata.ownerReferences": NOOP,
     "spec": S,
     "spec.restartPolicy": OK, "spec.terminationGracePeriodSeconds": OK,
+    "spec.activeDeadlineSeconds": OK,
     "spec.hostNetwork": OK, "spec.hostPID": OK, "spec.hostIPC": OK,
     "spec.shareProcessNamespace": OK, "spec.hostname": OK, "spec.subdomain": OK,
     "spec.nodeName": OK, "spec.dnsPolicy": OK, "spec.enableServiceLinks": OK,

@@ -190,6 +190,9 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in RESTART_POLICIES:
         error("spec.restartPolicy", f"must be one of {', '.join(RESTART_POLICIES)}")
+    deadline = spec.get("activeDeadlineSeconds")
+    if deadline is not None and (_int(deadline) is None or deadline <= 0):
+        error("spec.activeDeadlineSeconds", "must be a positive integer")
     grace = _int(spec.get("terminationGracePeriodSeconds"))
     if grace is not None and grace < 0:
         error("spec.terminationGracePeriodSeconds", "must be >= 0")

@@ -57,10 +57,12 @@ from nodelet.runtime.api import (
 )
 from nodelet.util import safepath
 from nodelet.util.aio import wait_event
+from nodelet.util.timefmt import parse_rfc3339
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_SECONDS = 1.0
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 
 
 def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: str) -> None:
@@ -173,6 +175,7 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
+        self._deadline_exceeded = False
         self._exit_reasons: dict[tuple[str, int], str] = {}
         """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
         self._oom_checked: set[tuple[str, int]] = set()
@@ -260,7 +263,13 @@ class PodWorker:
         runtime = self._ctx.runtime
         sandbox = await runtime.pod_status(self.uid)
         self._check_oom_kills(sandbox)
+        deadline_at = self._active_deadline(sandbox)
+        if self._deadline_exceeded:
+            await self._end_past_deadline(sandbox)
+            return None
         actions = self._actions(sandbox)
+        if deadline_at is not None:
+            actions.wake_no_later_than(deadline_at)
         self._backoff_events(actions)
         if actions.create_sandbox:
             if sandbox is not None:
@@ -354,6 +363,35 @@ class PodWorker:
             procs = tuple(driver.holder_procs(pod.uid, self._qos))
             sandbox = dataclasses.replace(sandbox, cgroup_procs=procs)
         return await self._ctx.runtime.run_sandbox(sandbox, pod_record(pod))
+
+    def _active_deadline(self, sandbox: SandboxStatus | None) -> float | None:
+        """kubelet's active deadline: ``activeDeadlineSeconds`` after the pod's start time
+        (its first sandbox). Returns when it falls; sets ``_deadline_exceeded`` once it fell."""
+        seconds = self.pod.spec.get("activeDeadlineSeconds")
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or sandbox is None:
+            return None
+        started = (self.status or {}).get("startTime")
+        start = parse_rfc3339(started) if isinstance(started, str) else sandbox.created_at
+        deadline_at = start + seconds
+        if self._ctx.clock() >= deadline_at:
+            self._deadline_exceeded = True
+        return deadline_at
+
+    async def _end_past_deadline(self, sandbox: SandboxStatus | None) -> None:
+        """Stop every container (grace period and preStop as for a removal) and report the pod
+        Failed with DeadlineExceeded; it is never started again (kubelet keeps it Failed)."""
+        if sandbox is not None and sandbox.ready:
+            log.info("pod past its active deadline %s", describe(self.pod))
+            self._event(reasons.EVENT_WARNING, reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+            self._probes.stop()
+            await self._ctx.runtime.stop_sandbox(self.uid, self.pod.grace_seconds)
+            sandbox = await self._ctx.runtime.pod_status(self.uid)
+        actions = PodActions(terminal_phase="Failed")
+        self._report(sandbox, actions)
+        if self.status is not None:
+            self.status["reason"] = reasons.DEADLINE_EXCEEDED
+            self.status["message"] = DEADLINE_MESSAGE
+            self._ctx.on_status(self.uid, self.status)
 
     @property
     def _qos(self) -> str:

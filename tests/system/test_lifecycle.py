@@ -217,3 +217,28 @@ def test_an_agent_restart_keeps_the_crash_loop_backed_off() -> None:
 def restarts_of(agent: Agent) -> int:
     status = agent.container_status("loop", "c") or {}
     return int(status.get("restartCount", -1))
+
+
+def test_active_deadline_stops_the_pod_and_reports_it_failed(agent: Agent) -> None:
+    mark = marker("deadline")
+    text = manifest("deadline", [py("app", SLEEP, mark)], activeDeadlineSeconds=2)
+    agent.write_manifest("deadline.json", text)
+    running(agent, "deadline")
+    pid = process_with(mark)
+    started = time.time()
+
+    def failed() -> dict[str, Any] | None:
+        item = agent.pod("deadline")
+        return item if item and item["status"].get("phase") == "Failed" else None
+
+    item = wait_for(failed, 10, "phase Failed", interval=0.05)
+    took = time.time() - started
+    assert 0.5 <= took <= 4.5, took  # start time has second precision: up to 1 s early
+    assert item["status"]["reason"] == "DeadlineExceeded"
+    assert "longer than the specified deadline" in item["status"]["message"]
+    wait_for(lambda: process_gone(pid), 5, "the container stopped")
+    time.sleep(2)
+    item = agent.pod("deadline")
+    assert item is not None and item["status"]["phase"] == "Failed"
+    statuses = item["status"]["containerStatuses"]
+    assert statuses[0]["restartCount"] == 0 and "running" not in statuses[0]["state"]
