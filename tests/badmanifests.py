@@ -244,6 +244,8 @@ BAD_MANIFESTS: list[BadManifest] = [
                 with_container(resources={"limits": {"hugepages-2Mi": "2Mi"}})),
     BadManifest("request-over-limit.yaml", "resources.requests['memory']: must be less than or equal to memory limit",
                 with_container(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}})),
+    BadManifest("message-path.yaml", "unsupported: spec.containers[0].terminationMessagePath",
+                with_container(terminationMessagePath="/tmp/why")),
     BadManifest("deadline.yaml", "spec.activeDeadlineSeconds: must be a positive integer",
                 encoded(pod(activeDeadlineSeconds=0))),
     BadManifest("bad-quantity.yaml", "resources.requests['cpu']: ",

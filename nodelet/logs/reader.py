@@ -372,3 +372,17 @@ def _wait(stop: threading.Event | None, seconds: float) -> bool:
         time.sleep(seconds)
         return False
     return stop.wait(seconds)
+
+
+FALLBACK_LINES = 80
+FALLBACK_BYTES = 2048
+"""kubelet's ``FallbackToLogsOnError``: the last 80 lines of the log, at most 2 KiB."""
+
+
+def fallback_message(path: Path) -> str:
+    """The termination message kubelet takes from the logs of a container that failed."""
+    try:
+        lines = [m.render() for m in iter_messages(path)][-FALLBACK_LINES:]
+    except OSError:
+        return ""
+    return b"".join(lines)[-FALLBACK_BYTES:].decode(errors="replace")

@@ -45,7 +45,9 @@ _CONTAINER: dict[str, Policy] = {
     "volumeMounts[].mountPath": OK, "volumeMounts[].readOnly": OK,
     "volumeDevices": FORBID,
     "imagePullPolicy": NOOP,
-    "terminationMessagePath": NOOP, "terminationMessagePolicy": NOOP,
+    # The message file needs a container root of its own (the default path is in /dev): only
+    # the default is accepted, and FallbackToLogsOnError takes the message from the logs.
+    "terminationMessagePath": NO, "terminationMessagePolicy": OK,
     "resources": S, "resources.requests": OK, "resources.limits": OK,
     "resources.claims": FORBID,
     "resizePolicy": NOOP,
@@ -116,6 +118,7 @@ _DEFAULTS_AS_UNSET: dict[str, Any] = {
     "securityContext.procMount": "Default",
     "securityContext.seccompProfile": {"type": "Unconfined"},
     "securityContext.appArmorProfile": {"type": "Unconfined"},
+    "terminationMessagePath": "/dev/termination-log",
     "stdin": False,
     "stdinOnce": False,
     "tty": False,

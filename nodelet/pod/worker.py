@@ -25,6 +25,7 @@ from nodelet.cgroups.quantity import QuantityError
 from nodelet.cgroups.resources import container_limits, container_resources, pod_limits, qos_class
 from nodelet.config import AgentConfig
 from nodelet.logs import retention
+from nodelet.logs.reader import fallback_message
 from nodelet.manifest import schema
 from nodelet.model import StaticPod
 from nodelet.pod.actions import (
@@ -40,6 +41,7 @@ from nodelet.pod.containerprep import (
     ContainerConfigError,
     PodContext,
     build_container_config,
+    container_log_path,
     identity,
     pod_hostname,
     pod_log_dir,
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_SECONDS = 1.0
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+FALLBACK_TO_LOGS = "FallbackToLogsOnError"
 
 
 def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: str) -> None:
@@ -177,6 +180,7 @@ class PodWorker:
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self._deadline_exceeded = False
         self._exit_reasons: dict[tuple[str, int], str] = {}
+        self._exit_messages: dict[tuple[str, int], str] = {}
         """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
         self._oom_checked: set[tuple[str, int]] = set()
         self.state = WorkerState.WAITING
@@ -262,7 +266,7 @@ class PodWorker:
         """One pass: observe, decide, act, report. Returns when to sync again at the latest."""
         runtime = self._ctx.runtime
         sandbox = await runtime.pod_status(self.uid)
-        self._check_oom_kills(sandbox)
+        await self._inspect_finished_runs(sandbox)
         deadline_at = self._active_deadline(sandbox)
         if self._deadline_exceeded:
             await self._end_past_deadline(sandbox)
@@ -397,18 +401,21 @@ class PodWorker:
     def _qos(self) -> str:
         return qos_class(self.pod.spec)
 
-    def _check_oom_kills(self, sandbox: SandboxStatus | None) -> None:
-        """A run that ended is looked up in its cgroup once, before the next run of the same
-        container replaces that cgroup: the kernel's OOM kill counter says OOMKilled, not a
-        guess from exit code 137."""
+    async def _inspect_finished_runs(self, sandbox: SandboxStatus | None) -> None:
+        """A run that ended is looked at once: in its cgroup, before the next run of the same
+        container replaces that cgroup (the kernel's OOM kill counter says OOMKilled, not a
+        guess from exit code 137), and in its log for a termination message."""
         driver = self._ctx.cgroups
-        if driver is None or sandbox is None:
+        if sandbox is None:
             return
         for name in {r.name for r in sandbox.containers}:
             last = sandbox.latest(name)
             if last is None or last.running or (name, last.attempt) in self._oom_checked:
                 continue
             self._oom_checked.add((name, last.attempt))
+            await self._fallback_message(name, last)
+            if driver is None:
+                continue
             try:
                 if driver.oom_killed(self.uid, self._qos, name):
                     self._exit_reasons[(name, last.attempt)] = reasons.OOM_KILLED
@@ -416,6 +423,23 @@ class PodWorker:
             except (OSError, ValueError) as err:
                 log.warning("cannot read the OOM state of %s container=%s: %s",
                             describe(self.pod), name, err)  # fmt: skip
+
+    async def _fallback_message(self, name: str, run: ContainerRecord) -> None:
+        """``terminationMessagePolicy: FallbackToLogsOnError``: a run that failed gets the end
+        of its log as its termination message (the message file itself is not supported
+        until containers have a root of their own, so the logs are the only source)."""
+        container = next((c for c in self._all_containers() if c["name"] == name), None)
+        if container is None or container.get("terminationMessagePolicy") != FALLBACK_TO_LOGS:
+            return
+        if run.exit_code in (None, 0) or run.message:
+            return
+        path = container_log_path(self._ctx.config.pod_logs_dir, self.pod, name, run.attempt)
+        message = await asyncio.to_thread(fallback_message, path)
+        if message:
+            self._exit_messages[(name, run.attempt)] = message
+
+    def _all_containers(self) -> list[dict[str, Any]]:
+        return [*self.pod.init_containers, *self.pod.containers]
 
     async def _container_cgroup(self, start: StartAction) -> list[str]:
         """The container's own cgroup with its limits, fresh for every run."""
@@ -542,11 +566,13 @@ class PodWorker:
         self._failures[name] = StartFailure(reason, message, now)
 
     def _report(self, sandbox: SandboxStatus | None, actions: PodActions) -> None:
-        if sandbox is not None and self._exit_reasons:
+        if sandbox is not None and (self._exit_reasons or self._exit_messages):
             runs = tuple(
-                dataclasses.replace(r, reason=self._exit_reasons[(r.name, r.attempt)])
-                if (r.name, r.attempt) in self._exit_reasons
-                else r
+                dataclasses.replace(
+                    r,
+                    reason=self._exit_reasons.get((r.name, r.attempt), r.reason),
+                    message=self._exit_messages.get((r.name, r.attempt), r.message),
+                )
                 for r in sandbox.containers
             )
             sandbox = dataclasses.replace(sandbox, containers=runs)

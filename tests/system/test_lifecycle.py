@@ -238,7 +238,26 @@ def test_active_deadline_stops_the_pod_and_reports_it_failed(agent: Agent) -> No
     assert "longer than the specified deadline" in item["status"]["message"]
     wait_for(lambda: process_gone(pid), 5, "the container stopped")
     time.sleep(2)
-    item = agent.pod("deadline")
-    assert item is not None and item["status"]["phase"] == "Failed"
-    statuses = item["status"]["containerStatuses"]
+    later = agent.pod("deadline")
+    assert later is not None and later["status"]["phase"] == "Failed"
+    statuses = later["status"]["containerStatuses"]
     assert statuses[0]["restartCount"] == 0 and "running" not in statuses[0]["state"]
+
+
+def test_fallback_to_logs_on_error_is_the_termination_message(agent: Agent) -> None:
+    script = "import sys; print('first'); print('the cause', flush=True); sys.exit(3)"
+    failing = py("app", script, terminationMessagePolicy="FallbackToLogsOnError")
+    quiet = py("ok", "print('fine')", terminationMessagePolicy="FallbackToLogsOnError")
+    text = manifest("fallback", [failing, quiet], restartPolicy="Never")
+    agent.write_manifest("fallback.json", text)
+
+    def terminated(name: str) -> dict[str, Any] | None:
+        state = (agent.container_status("fallback", name) or {}).get("state") or {}
+        found: dict[str, Any] | None = state.get("terminated")
+        return found
+
+    failed = wait_for(lambda: terminated("app"), 15, "app terminated")
+    assert failed["exitCode"] == 3
+    assert failed["message"] == "first\nthe cause\n"
+    succeeded = wait_for(lambda: terminated("ok"), 15, "ok terminated")
+    assert "message" not in succeeded  # only a failure takes the logs
