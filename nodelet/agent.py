@@ -15,6 +15,7 @@ from typing import Any
 
 from nodelet.cgroups import driver as cgroups
 from nodelet.cgroups.driver import CgroupDriver
+from nodelet.cgroups.summary import StatsSummary
 from nodelet.cluster.mirrorplan import DISABLED
 from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
@@ -60,6 +61,7 @@ class Agent:
             on_event=self._on_pod_event,
         )
         self.pods = PodWorkers(self._ctx)
+        self._summary = StatsSummary(config.node_name)
         self.source = ManifestSource(
             config.pod_manifest_path,
             config.node_name,
@@ -74,8 +76,14 @@ class Agent:
                 "/healthz": self._healthz,
                 "/pods": self._public_pods,
                 "/rejected": self._public_rejected,
+                "/stats/summary": self._stats_summary,
             },
-            private={"/healthz": self._healthz, "/pods": self._pods, "/rejected": self._rejected},
+            private={
+                "/healthz": self._healthz,
+                "/pods": self._pods,
+                "/rejected": self._rejected,
+                "/stats/summary": self._stats_summary,
+            },
             socket_path=config.socket_path,
         )
 
@@ -214,6 +222,12 @@ class Agent:
             status = self.pods.status_of(uid) or {"phase": "Pending"}
             items.append({**pod.manifest, "status": status, "mirror": self.mirror_state(pod)})
         return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+
+    def _stats_summary(self) -> tuple[int, Any]:
+        """kubelet's ``/stats/summary``: usage of the node, every pod and running container
+        (usage figures only: nothing secret, so the redacted port serves it too)."""
+        pods = [(pod, self.pods.status_of(uid)) for uid, pod in sorted(self.pods.desired.items())]
+        return 200, self._summary.build(self._ctx.cgroups, pods)
 
     def _pods(self) -> tuple[int, Any]:
         return 200, self.pod_list()

@@ -64,6 +64,29 @@ def _age(pod: dict[str, Any]) -> str:
     return f"{seconds}s"
 
 
+def _usage(client: LocalAPIClient) -> dict[str, tuple[str, str]]:
+    """Pod UID -> (CPU, memory) as ``kubectl top pod`` prints them, from ``/stats/summary``.
+    A CPU rate needs two samples: when the agent has none to compare with, ask again in 1 s."""
+    try:
+        summary = client.get("/stats/summary")
+        if any("usageNanoCores" not in (p.get("cpu") or {"usageNanoCores": 0})
+               for p in summary.get("pods") or []):  # fmt: skip
+            time.sleep(1.0)
+            summary = client.get("/stats/summary")
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError):
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for item in summary.get("pods") or []:
+        cpu, memory = item.get("cpu") or {}, item.get("memory") or {}
+        cores = cpu.get("usageNanoCores")
+        working = memory.get("workingSetBytes")
+        found[item["podRef"]["uid"]] = (
+            f"{cores // 1_000_000}m" if isinstance(cores, int) else "<unknown>",
+            f"{working >> 20}Mi" if isinstance(working, int) else "<unknown>",
+        )
+    return found
+
+
 def pods(args: argparse.Namespace) -> int:
     client = LocalAPIClient(args.run_dir, args.healthz_port)
     try:
@@ -84,8 +107,10 @@ def pods(args: argparse.Namespace) -> int:
         return 0
     wide = args.output == "wide"
     header = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "MIRROR"]
+    usage: dict[str, tuple[str, str]] = {}
     if wide:
-        header += ["IP", "NODE", "UID"]
+        header += ["IP", "NODE", "UID", "CPU(cores)", "MEMORY(bytes)"]
+        usage = _usage(client)
     rows = [header]
     for pod in pods["items"]:
         meta, spec = pod["metadata"], pod["spec"]
@@ -101,6 +126,7 @@ def pods(args: argparse.Namespace) -> int:
         ]
         if wide:
             row += [pod["status"].get("podIP", "<none>"), spec.get("nodeName", ""), meta["uid"]]
+            row += list(usage.get(meta["uid"], ("<unknown>", "<unknown>")))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:

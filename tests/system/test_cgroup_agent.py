@@ -10,6 +10,9 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +171,49 @@ def test_nothing_of_a_removed_pods_cgroups_remains(agent: Agent, cgroup_root: st
     assert leftovers()  # there while it runs
     # The 1 s grace (its PID 1 ignores SIGTERM), then the clean-up.
     wait_for(lambda: not leftovers(), 8, "every cgroup of the pod removed", interval=0.1)
+
+
+BUSY = (
+    "import os, time\n"
+    "print('pid=' + os.readlink('/proc/self'), flush=True)\n"
+    "block = bytearray(48 << 20)\n"
+    "for i in range(0, len(block), 4096):\n"
+    "    block[i] = 1\n"
+    "while True:\n"
+    "    pass\n"
+)
+
+
+def test_usage_stats_come_from_the_cgroups(agent: Agent) -> None:
+    """/stats/summary in kubelet's shape, and nodelet pods -o wide: a busy container shows
+    about a core (limited to 500m here) and its 48 MiB."""
+    resources = {"limits": {"cpu": "500m", "memory": "128Mi"}}
+    agent.write_manifest("busy.json", pod("busy", BUSY, resources))
+    item = wait_for(lambda: agent.running("busy"), 20, "running")
+    uid = item["metadata"]["uid"]
+    agent.get("/stats/summary")  # the first CPU sample
+    time.sleep(2)
+    summary = agent.get("/stats/summary")
+    assert summary["node"]["nodeName"] == "nlt-node"
+    entry = next(p for p in summary["pods"] if p["podRef"]["uid"] == uid)
+    assert entry["podRef"] == {"name": "busy-nlt-node", "namespace": "default", "uid": uid}
+    container = entry["containers"][0]
+    assert container["name"] == "c"
+    cores = container["cpu"]["usageNanoCores"] / 1e9
+    assert 0.35 <= cores <= 0.6, cores  # the 500m quota holds it
+    working = container["memory"]["workingSetBytes"]
+    assert 40 << 20 <= working <= 100 << 20, working
+    assert entry["process_stats"]["process_count"] >= 1
+    assert entry["cpu"]["usageCoreNanoSeconds"] >= container["cpu"]["usageCoreNanoSeconds"]
+    table = subprocess.run(
+        [sys.executable, "-m", "nodelet", "pods", "-o", "wide", "--run-dir", str(agent.run_dir)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    header, row = (
+        table.splitlines()[0].split(),
+        next(ln for ln in table.splitlines() if "busy-nlt-node" in ln).split(),
+    )
+    cpu = row[header.index("CPU(cores)")]
+    memory = row[header.index("MEMORY(bytes)")]
+    assert cpu.endswith("m") and 350 <= int(cpu[:-1]) <= 600, table
+    assert memory.endswith("Mi") and 40 <= int(memory[:-2]) <= 100, table
