@@ -55,7 +55,7 @@ _CONTAINER: dict[str, Policy] = {
         f"{kind}Probe{key}": policy
         for kind in ("startup", "liveness", "readiness")
         for key, policy in (
-            ("", S), (".exec", OK), (".httpGet", OK), (".tcpSocket", OK), (".grpc", NO),
+            ("", S), (".exec", OK), (".httpGet", OK), (".tcpSocket", OK), (".grpc", OK),
             (".initialDelaySeconds", OK), (".periodSeconds", OK), (".timeoutSeconds", OK),
             (".successThreshold", OK), (".failureThreshold", OK),
             (".terminationGracePeriodSeconds", OK),

@@ -325,11 +325,14 @@ def _probes(container: dict[str, Any], path: str, init: bool, error: ErrorSink) 
             continue
         handlers = [h for h in PROBE_HANDLERS if probe.get(h) is not None]
         if not handlers:
-            error(where, "must specify a handler type (exec, httpGet or tcpSocket)")
+            error(where, "must specify a handler type (exec, httpGet, tcpSocket or grpc)")
         elif len(handlers) > 1:
             error(where, f"may not specify more than 1 handler type (found {', '.join(handlers)})")
         if not (_obj(probe.get("exec")).get("command") or probe.get("exec") is None):
             error(f"{where}.exec.command", "required")
+        grpc = probe.get("grpc")
+        if grpc is not None and _int(_obj(grpc).get("port")) is None:
+            error(f"{where}.grpc.port", "required: the gRPC port as a number")
         for handler in ("httpGet", "tcpSocket"):
             port = _obj(probe.get(handler)).get("port")
             if isinstance(port, str) and not port.isdigit():

@@ -17,6 +17,7 @@ from typing import Any
 from nodelet import reasons
 from nodelet.model import StaticPod
 from nodelet.probe.exec import exec_probe
+from nodelet.probe.grpc import grpc_probe
 from nodelet.probe.http import http_probe, resolve_port
 from nodelet.probe.result import Outcome, ProbeResult
 from nodelet.probe.tcp import tcp_probe
@@ -213,7 +214,17 @@ def _prober(
             return await tcp_probe(host, port, netns=target.netns, timeout=timeout)
 
         return run_tcp
-    raise ValueError("a handler needs exec, httpGet or tcpSocket")
+    if probe.get("grpc") is not None:
+        grpc = probe["grpc"]
+        grpc_port = int(grpc["port"])
+
+        async def run_grpc() -> ProbeResult:
+            return await grpc_probe(
+                grpc, pod_ip=target.pod_ip, port=grpc_port, netns=target.netns, timeout=timeout
+            )
+
+        return run_grpc
+    raise ValueError("a handler needs exec, httpGet, tcpSocket or grpc")
 
 
 POST_START_TIMEOUT_SECONDS = 300.0

@@ -183,3 +183,34 @@ def test_a_probe_on_127_0_0_1_reaches_the_pod_not_the_node(agent: Agent, tmp_pat
     with socket.socket() as sock, pytest.raises(OSError):
         sock.settimeout(1)
         sock.connect(("127.0.0.1", port))  # nothing on the node's own loopback
+
+
+def etcd(tmp_path: Path, service: str = "") -> dict[str, Any]:
+    """Debian's etcd, which serves the standard gRPC health service on its client port."""
+    client, peer = free_port(), free_port()
+    url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    name = f"nlt-grpc-{time.monotonic_ns()}"
+    grpc: dict[str, Any] = {"port": client}
+    if service:
+        grpc["service"] = service
+    return {
+        "name": "web",
+        "image": "host",
+        "command": [
+            "/usr/bin/etcd", f"--name={name}", f"--data-dir={tmp_path / name}",
+            f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster={name}={peer_url}", "--log-level=error",
+        ],
+        "readinessProbe": {"grpc": grpc, "periodSeconds": 1},
+    }  # fmt: skip
+
+
+def test_a_grpc_probe_asks_the_standard_health_service(agent: Agent, tmp_path: Path) -> None:
+    """etcd in a pod of its own netns, probed on its loopback over plaintext HTTP/2."""
+    agent.write_manifest("grpc.json", pod("grpc", etcd(tmp_path)))
+    agent.write_manifest("nope.json", pod("nope", etcd(tmp_path, service="no-such-service")))
+    wait_for(lambda: ready(agent, "grpc"), 20, "Ready by its gRPC health check")
+    wait_for(lambda: agent.running("nope"), 20, "the other etcd running")
+    time.sleep(3)  # three periods: an unknown service never answers SERVING
+    assert ready(agent, "nope") is False

@@ -184,7 +184,7 @@ def test_pattern_of_drops_indices_and_keys() -> None:
         ("spec.containers[].env[].valueFrom.fieldRef.fieldPath", Policy.IMPLEMENTED),
         ("spec.containers[].livenessProbe", Policy.STRUCT),
         ("spec.containers[].livenessProbe.httpGet", Policy.IMPLEMENTED),
-        ("spec.containers[].livenessProbe.grpc", Policy.UNSUPPORTED),
+        ("spec.containers[].livenessProbe.grpc", Policy.IMPLEMENTED),
         ("spec.containers[].lifecycle.postStart.exec", Policy.IMPLEMENTED),
         ("spec.containers[].lifecycle.postStart.tcpSocket", Policy.UNSUPPORTED),
         ("spec.containers[].securityContext.capabilities", Policy.UNSUPPORTED),
@@ -202,8 +202,8 @@ def test_policy_of(pattern: str, expected: Policy) -> None:
     ("manifest", "expected"),
     [
         (
-            with_container(livenessProbe={"grpc": {"port": 9000}}),
-            [unsupported("spec.containers[0].livenessProbe.grpc")],
+            with_container(lifecycle={"preStop": {"tcpSocket": {"port": 1}}}),
+            [unsupported("spec.containers[0].lifecycle.preStop.tcpSocket")],
         ),
         (
             pod(initContainers=[{"name": "i", "image": "host", "restartPolicy": "Always"}]),
