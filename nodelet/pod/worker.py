@@ -335,7 +335,9 @@ class PodWorker:
         netns = None if self.pod.host_network or holder is None else f"/proc/{holder}/ns/net"
         node_ip = self._ctx.config.node_ip
         pod_ip = self.pod.ip(node_ip, sandbox.pod_ip if sandbox else None) or ""
-        return ProbeTarget(record.pid, pod_ip, netns, user, group)
+        driver = self._ctx.cgroups
+        procs = driver.holder_procs(self.uid, self._qos) if driver is not None else []
+        return ProbeTarget(record.pid, pod_ip, netns, user, group, procs)
 
     def _probe_event(self, type_: str, reason: str, message: str, container: str) -> None:
         self._event(type_, reason, message, self._field_path(container))

@@ -217,3 +217,19 @@ def test_usage_stats_come_from_the_cgroups(agent: Agent) -> None:
     memory = row[header.index("MEMORY(bytes)")]
     assert cpu.endswith("m") and 350 <= int(cpu[:-1]) <= 600, table
     assert memory.endswith("Mi") and 40 <= int(memory[:-2]) <= 100, table
+
+
+def test_an_exec_probe_runs_in_the_pods_cgroup(agent: Agent, tmp_path: Path) -> None:
+    """The probe's own process writes where it finds itself: the pod's cgroup, not the agent's."""
+    seen = tmp_path / "probe-cgroup"
+    probe = {"exec": {"command": ["sh", "-c", f"cat /proc/self/cgroup > {seen}"]},
+             "periodSeconds": 1}  # fmt: skip
+    container = {"name": "c", "image": "host", "command": ["python3", "-c", SLEEP],
+                 "readinessProbe": probe}  # fmt: skip
+    spec = {"terminationGracePeriodSeconds": 1, "containers": [container]}
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed"}, "spec": spec}
+    agent.write_manifest("probed.json", json.dumps(manifest))
+    item = wait_for(lambda: agent.running("probed"), 20, "running")
+    text = wait_for(lambda: seen.exists() and seen.read_text(), 10, "the probe's cgroups")
+    memory = next(line for line in text.splitlines() if ":memory:" in line)
+    assert memory.endswith(f"/pod{item['metadata']['uid']}"), memory
