@@ -193,7 +193,11 @@ def agent_session(
     base = Path(tempfile.mkdtemp(prefix="nlt-"))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     agents: list[Agent] = []
-    args = list(extra_args or [])
+    # A cgroup root of this session's own: an agent sweeps the pod cgroups of pods it does not
+    # know, so two sessions sharing one root would kill each other's pods. A later
+    # --cgroup-root in extra_args wins (argparse keeps the last).
+    cgroup_root = f"/nlt-{base.name.removeprefix('nlt-')}"
+    args = ["--cgroup-root", cgroup_root, *(extra_args or [])]
 
     def make() -> Agent:
         agent = Agent(base, args)
@@ -204,6 +208,27 @@ def agent_session(
         yield make
     finally:
         _teardown(agents, before, base, show_log)
+        remove_cgroup_root(cgroup_root)
+
+
+CGROUP_MOUNTS = Path("/sys/fs/cgroup")
+
+
+def remove_cgroup_root(root: str) -> None:
+    """Remove the (empty, once every pod is gone) cgroup dirs under ``root`` in every
+    hierarchy; only this session's root, never anything else."""
+    name = root.strip("/")
+    if not name.startswith("nlt-") or "/" in name:
+        raise ValueError(f"not a test cgroup root: {root!r}")
+    for top in [CGROUP_MOUNTS / name, *CGROUP_MOUNTS.glob(f"*/{name}")]:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for path in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
 
 
 def _teardown(agents: list[Agent], before: set[int], base: Path, show_log: bool) -> None:
