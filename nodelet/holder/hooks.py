@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import ssl
 import sys
 from typing import NoReturn
 
-from nodelet.holder import linux, protocol
+from nodelet.holder import protocol, spawn
 
 NSENTER = "/usr/bin/nsenter"
 MIN_GRACE_AFTER_HOOK = 2.0
@@ -42,11 +41,7 @@ def run_child(hook: protocol.HookSpec, target_pid: int, timeout: float) -> NoRet
     """In the forked child: run an exec or httpGet handler; the exit status is the verdict."""
     code = 1
     try:
-        os.setsid()
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        spawn.detach_child()
         if hook["kind"] == "exec":
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1):

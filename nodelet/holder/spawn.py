@@ -77,15 +77,21 @@ def _exec_error(argv0: str, err: OSError) -> str:
     return f'exec: "{argv0}": {os.strerror(err.errno or 0)}'
 
 
+def detach_child() -> None:
+    """In a child the holder forked: a session of its own, killed with the holder, and the
+    signal dispositions and mask a new program expects (the holder's own are for its loop)."""
+    os.setsid()
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: int) -> NoReturn:
     """In the forked child: never returns."""
     argv = [str(a) for a in spec["argv"]]
     try:
-        os.setsid()
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        detach_child()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(stdout_w, 1)

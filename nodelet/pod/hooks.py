@@ -11,23 +11,13 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
+from nodelet.probe.http import resolve_port
+
 LOOPBACK = "127.0.0.1"
 
 
 class HookError(ValueError):
     """A handler that cannot run as written (a named port the container does not declare)."""
-
-
-def resolve_port(port: int | str, container: Mapping[str, Any]) -> int:
-    """kubelet's ``resolvePort``: a number, a numeric string, or a name from ``ports``."""
-    if isinstance(port, int):
-        return port
-    if port.isdigit():
-        return int(port)
-    for declared in container.get("ports") or []:
-        if declared.get("name") == port:
-            return int(declared["containerPort"])
-    raise HookError(f"couldn't find port: {port} in container {container.get('name')!r}")
 
 
 def handler_spec(
@@ -51,13 +41,20 @@ def handler_spec(
             "kind": "http",
             "scheme": str(get.get("scheme") or "HTTP"),
             "host": str(get.get("host") or pod_ip or LOOPBACK),
-            "port": resolve_port(get["port"], container),
+            "port": _port(get["port"], container),
             "path": str(get.get("path") or "/"),
             "headers": [[h["name"], h["value"]] for h in get.get("httpHeaders") or []],
         }
     if "sleep" in handler:
         return {"kind": "sleep", "seconds": float(handler["sleep"]["seconds"])}
     raise HookError("a handler needs exec, httpGet or sleep")
+
+
+def _port(port: int | str, container: Mapping[str, Any]) -> int:
+    try:
+        return resolve_port(port, container)
+    except ValueError as err:
+        raise HookError(str(err)) from None
 
 
 def stop_signal(container: Mapping[str, Any]) -> int:

@@ -5,7 +5,6 @@ and a removed pod leaves no cgroup behind."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.agentharness import Agent, agent_session, wait_for
+from tests.agentharness import Agent, agent_session, remove_cgroup_root, wait_for
 from tests.system.conftest import FAST_BACKOFF
 
 pytestmark = pytest.mark.system
@@ -39,18 +38,10 @@ HOG = (
 
 @pytest.fixture
 def cgroup_root() -> Iterator[str]:
-    """A cgroup root of this test's own, removed (empty dirs only) afterwards."""
+    """A cgroup root of this test's own (no sweep of another agent's pods), removed after."""
     root = f"/nlt-{secrets.token_hex(4)}"
     yield root
-    for hierarchy in HIERARCHIES:
-        top = MOUNTS / hierarchy / root.lstrip("/")
-        if top.is_dir():
-            for path in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
-                if path.is_dir():
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+    remove_cgroup_root(root)
 
 
 @pytest.fixture

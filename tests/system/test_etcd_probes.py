@@ -33,7 +33,14 @@ import psutil
 import pytest
 import yaml
 
-from tests.agentharness import Agent, agent_session, free_port, process_gone, wait_for
+from tests.agentharness import (
+    Agent,
+    agent_session,
+    free_port,
+    process_gone,
+    remove_cgroup_root,
+    wait_for,
+)
 from tests.system.conftest import FAST_BACKOFF
 
 pytestmark = pytest.mark.system
@@ -61,15 +68,7 @@ def cgroup_root() -> Iterator[str]:
     """A cgroup root of this test's own (no sweep of another agent's pods), removed after."""
     root = f"/nlt-{secrets.token_hex(4)}"
     yield root
-    tops = [CGROUPS / root.lstrip("/"), *CGROUPS.glob(f"*/{root.lstrip('/')}")]
-    for top in tops:
-        if top.is_dir():
-            for path in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
-                if path.is_dir():
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+    remove_cgroup_root(root)
 
 
 @pytest.fixture

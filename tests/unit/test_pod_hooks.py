@@ -6,19 +6,20 @@ import signal
 
 import pytest
 
-from nodelet.pod.hooks import HookError, handler_spec, resolve_port, stop_signal
+from nodelet.pod.hooks import HookError, handler_spec, stop_signal
 
 pytestmark = pytest.mark.unit
 
 CONTAINER = {"name": "app", "ports": [{"name": "admin", "containerPort": 9000}]}
 
 
-def test_ports_resolve_by_number_numeric_string_and_name() -> None:
-    assert resolve_port(80, CONTAINER) == 80
-    assert resolve_port("8080", CONTAINER) == 8080
-    assert resolve_port("admin", CONTAINER) == 9000
-    with pytest.raises(HookError, match="couldn't find port: web"):
-        resolve_port("web", CONTAINER)
+def test_handler_ports_resolve_by_number_numeric_string_and_name() -> None:
+    def port(value: int | str) -> int:
+        return int(handler_spec({"httpGet": {"port": value}}, CONTAINER, "", None, None)["port"])
+
+    assert (port(80), port("8080"), port("admin")) == (80, 8080, 9000)
+    with pytest.raises(HookError, match="port web not found"):
+        port("web")
 
 
 def test_http_handler_defaults_to_the_pod_ip_then_its_loopback() -> None:
