@@ -167,6 +167,34 @@ class ApiCaller:
         self.requests[f"{method} {_resource_of(path)}"] += 1
         return self._send(method, path, None, query, None)
 
+    def _open(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: Mapping[str, Any] | None,
+        content_type: str | None,
+        read_timeout: float,
+    ) -> Any:
+        """Sends one request through the client (its auth and TLS); the unread response, or
+        ``ApiError`` (status 0) when nothing could be sent or received."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        try:
+            _, url, headers, _, _ = self._client.param_serialize(
+                method,
+                path,
+                query_params=list(query.items()),
+                header_params=headers,
+                auth_settings=["BearerToken"],
+            )
+            return self._client.call_api(
+                method, url, headers, body, _request_timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout)
+            )
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            raise ApiError(0, "Unreachable", _short(err)) from None
+
     def _send(
         self,
         method: str,
@@ -175,26 +203,10 @@ class ApiCaller:
         query: Mapping[str, str] | None,
         content_type: str | None,
     ) -> Json:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
+        response = self._open(method, path, query or {}, body, content_type, self._timeout)
         try:
-            _, url, headers, _, _ = self._client.param_serialize(
-                method,
-                path,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                auth_settings=["BearerToken"],
-            )
-            response = self._client.call_api(
-                method,
-                url,
-                headers,
-                body,
-                _request_timeout=(CONNECT_TIMEOUT_SECONDS, self._timeout),
-            )
-            data = response.read()  # type: ignore[no-untyped-call]
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise ApiError(0, "Unreachable", _short(err)) from None
         if response.status >= 300:
             raise self._error(method, path, response.status, response.reason, data)
@@ -225,21 +237,9 @@ class ApiCaller:
         events until the server ends it, ``timeout`` passes, or ``stop`` is set."""
         self.requests[f"WATCH {_resource_of(path)}"] += 1
         params = {**query, "watch": "true", "timeoutSeconds": str(int(timeout))}
-        try:
-            _, url, headers, _, _ = self._client.param_serialize(
-                "GET",
-                path,
-                query_params=list(params.items()),
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-            )
-            response = self._client.call_api(
-                "GET", url, headers, None, _request_timeout=(CONNECT_TIMEOUT_SECONDS, timeout + 30)
-            )
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
-            raise ApiError(0, "Unreachable", _short(err)) from None
+        response = self._open("GET", path, params, None, None, timeout + 30)
         if response.status >= 300:
-            data = response.read()  # type: ignore[no-untyped-call]
+            data = response.read()
             raise self._error("WATCH", path, response.status, response.reason, data)
         raw = response.response
         try:

@@ -22,8 +22,8 @@ from nodelet.cluster.apiclient import (
     load_configuration,
     path_of,
 )
-from nodelet.cluster.events import NORMAL, WARNING, EventRecorder, ObjectRef
-from nodelet.cluster.mirrorplan import DISABLED, PENDING, SYNCED
+from nodelet.cluster.events import WARNING, EventRecorder, ObjectRef
+from nodelet.cluster.mirrorplan import PENDING, SYNCED
 from nodelet.cluster.mirrors import MirrorPods
 from nodelet.cluster.nodesync import LeaseSync, NodeSettings, NodeSync
 from nodelet.cluster.podwatch import PodWatch
@@ -162,10 +162,3 @@ class ClusterSync:
 
     def _mirror_changed(self, full_name: str) -> None:
         self.status.mirror_changed(full_name)
-
-
-def mirror_state_disabled(_pod: StaticPod) -> str:
-    return DISABLED
-
-
-__all__ = ["NORMAL", "WARNING", "ClusterSettings", "ClusterSync", "KubeconfigError"]
