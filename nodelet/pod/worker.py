@@ -399,8 +399,9 @@ class PodWorker:
             self.status["message"] = DEADLINE_MESSAGE
             self._ctx.on_status(self.uid, self.status)
 
-    @property
+    @functools.cached_property
     def _qos(self) -> str:
+        """Computed once: a UID's spec never changes (the UID is a hash of it)."""
         return qos_class(self.pod.spec)
 
     async def _inspect_finished_runs(self, sandbox: SandboxStatus | None) -> None:
