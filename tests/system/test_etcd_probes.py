@@ -38,7 +38,6 @@ from tests.agentharness import (
     agent_session,
     free_port,
     process_gone,
-    remove_cgroup_root,
     wait_for,
 )
 from tests.system.conftest import FAST_BACKOFF
@@ -61,14 +60,6 @@ class Etcd:
     peer: int
     metrics: int
     data: Path
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[str]:
-    """A cgroup root of this test's own (no sweep of another agent's pods), removed after."""
-    root = f"/nlt-{secrets.token_hex(4)}"
-    yield root
-    remove_cgroup_root(root)
 
 
 @pytest.fixture
