@@ -26,6 +26,8 @@ DEFAULT_SHUTDOWN_GRACE = 2.0
 LOG_DROP_REPORT_SECONDS = 1.0
 """At most one dropped-log-lines report per container per this many seconds."""
 CLIENT_SEND_TIMEOUT = 2.0
+EXIT_DRAIN_READS = 16
+"""Reads of up to 64 KiB per stream taken at a container's exit, before it is journaled."""
 
 
 @dataclass
@@ -161,6 +163,13 @@ class Holder:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(container.pid, signal.SIGKILL)
         del self.containers[container.name]
+        # What it wrote before it ended goes to its log before its exit is journaled: whoever
+        # reads the exit (a termination message from the logs, `nodelet logs`) finds it all.
+        # Bounded: a daemon that left the group may still hold the pipe and keep writing.
+        for fd in list(container.streams):
+            for _ in range(EXIT_DRAIN_READS):
+                if not self._read_stream(container, fd):
+                    break
         container.exited = True
         self._record({
             "type": "exit",
@@ -312,22 +321,30 @@ class Holder:
 
     def _reader(self, container: Container, fd: int) -> Callable[[], None]:
         def readable() -> None:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            if data:
-                container.streams[fd].feed(data)
-                self._report_dropped(container)
-                return
-            container.streams.pop(fd).close()
-            self._report_dropped(container, final=True)
-            self.sel.unregister(fd)
-            os.close(fd)
-            if not container.streams and container.exited:
-                procfs.close(container.log_fd)
+            self._read_stream(container, fd)
 
         return readable
+
+    def _read_stream(self, container: Container, fd: int) -> bool:
+        """One read of a container's stdout or stderr into its log; False once nothing more
+        is there for now (the pipe is empty, or closed and done with)."""
+        if fd not in container.streams:
+            return False
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if data:
+            container.streams[fd].feed(data)
+            self._report_dropped(container)
+            return True
+        container.streams.pop(fd).close()
+        self._report_dropped(container, final=True)
+        self.sel.unregister(fd)
+        os.close(fd)
+        if not container.streams and container.exited:
+            procfs.close(container.log_fd)
+        return False
 
     def _report_dropped(self, container: Container, final: bool = False) -> None:
         """Tell the agent (and holder.log) how many log lines could not be written, at most
