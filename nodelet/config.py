@@ -65,6 +65,13 @@ class AgentConfig:
     kube_api_burst: int = 100
     kubelet_port: int = 10250
     """The port the Node advertises in ``daemonEndpoints`` (kubelet's ``--port``)."""
+    allowed_unsafe_sysctls: tuple[str, ...] = ()
+    """``--allowed-unsafe-sysctls``: names or ``prefix*`` patterns allowed beyond the safe set."""
+
+    @property
+    def seccomp_dir(self) -> Path:
+        """Where ``seccompProfile: Localhost`` profiles live (kubelet's ``<root-dir>/seccomp``)."""
+        return self.root_dir / "seccomp"
 
     @property
     def pods_state_dir(self) -> Path:

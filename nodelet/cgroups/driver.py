@@ -79,11 +79,12 @@ class CgroupDriver(Protocol):
     def create_container(
         self, pod_uid: str, qos: str, name: str, limits: CgroupLimits
     ) -> list[str]:
-        """Create (or update) a container's cgroup; the ``cgroup.procs`` files to join."""
+        """Create (or update) a container's cgroup; the files its process writes "0" to, to join
+        it (``cgroup.procs``, or v1's ``tasks``)."""
         ...
 
     def holder_procs(self, pod_uid: str, qos: str) -> list[str]:
-        """The ``cgroup.procs`` files for the pod's holder and exec probes."""
+        """The files that put the pod's holder and exec probes in the pod's cgroups (as above)."""
         ...
 
     def oom_killed(self, pod_uid: str, qos: str, name: str) -> bool:

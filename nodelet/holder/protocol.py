@@ -34,6 +34,20 @@ class MountSpec(TypedDict):
     source: str
     target: str
     read_only: bool
+    sub_path: NotRequired[str]
+    """Relative, resolved beneath ``source`` in the child (no symlink may lead out of it)."""
+    propagation: NotRequired[str]
+    """``rslave`` or ``rshared``; absent is ``private``."""
+
+
+class CapabilitySpec(TypedDict):
+    """Capability numbers of each set (see ``nodelet.runtime.api.CapabilitySets``)."""
+
+    bounding: list[int]
+    effective: list[int]
+    permitted: list[int]
+    inheritable: list[int]
+    ambient: list[int]
 
 
 class HookSpec(TypedDict):
@@ -74,6 +88,13 @@ class ContainerSpec(TypedDict):
     cgroup_procs: NotRequired[list[str]]
     """``cgroup.procs`` files the child joins before exec (its limits apply from the first
     instruction); absent from older agents."""
+    capabilities: NotRequired[CapabilitySpec]
+    seccomp_bpf: NotRequired[str]
+    """Base64 of the classic-BPF program installed just before exec."""
+    privileged: NotRequired[bool]
+    read_only_root: NotRequired[bool]
+    masked_paths: NotRequired[list[str]]
+    readonly_paths: NotRequired[list[str]]
 
 
 class SandboxRequest(TypedDict):
@@ -89,6 +110,8 @@ class SandboxRequest(TypedDict):
     grace_seconds: float | None
     cgroup_procs: NotRequired[list[str]]
     """The pod-level cgroups the holder joins (and everything it forks but containers)."""
+    sysctls: NotRequired[list[list[str]]]
+    """[name, value] pairs set inside the new namespaces before the holder serves."""
 
 
 class StartEntry(TypedDict):

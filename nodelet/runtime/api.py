@@ -28,6 +28,9 @@ class SandboxConfig:
     cannot be read is still stopped gracefully."""
     cgroup_procs: tuple[str, ...] = ()
     """The pod-level ``cgroup.procs`` files the holder joins before it makes the namespaces."""
+    sysctls: tuple[tuple[str, str], ...] = ()
+    """Namespaced sysctls (name, value) the holder sets inside the pod's new namespaces, already
+    checked against the node's allow-list."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,24 @@ class Mount:
     """Host path, already prepared by the agent (emptyDir dir, checked hostPath)."""
     target: str
     read_only: bool = False
+    """Recursively read-only (``mount_setattr`` with ``AT_RECURSIVE``)."""
+    sub_path: str | None = None
+    """Relative path inside ``source`` to mount instead of all of it; resolved by the holder in
+    the child, beneath ``source`` (a symlink may not lead out of it)."""
+    propagation: str = "private"
+    """``private`` (None), ``rslave`` (HostToContainer) or ``rshared`` (Bidirectional)."""
+
+
+@dataclass(frozen=True)
+class CapabilitySets:
+    """The five capability sets of the container's process, as capability numbers, applied as
+    runc applies them (bounding first, then the rest after the user switch)."""
+
+    bounding: tuple[int, ...]
+    effective: tuple[int, ...]
+    permitted: tuple[int, ...]
+    inheritable: tuple[int, ...]
+    ambient: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,19 @@ class ContainerConfig:
     """SIGTERM unless ``lifecycle.stopSignal`` says otherwise."""
     cgroup_procs: list[str] = field(default_factory=list)
     """``cgroup.procs`` files the container joins before exec."""
+    capabilities: CapabilitySets | None = None
+    """None keeps the holder's own capabilities (only for a privileged container)."""
+    seccomp_filter: bytes | None = None
+    """A compiled classic-BPF program (``struct sock_filter`` array) installed just before exec;
+    None is Unconfined."""
+    privileged: bool = False
+    read_only_root: bool = False
+    """``readOnlyRootFilesystem``: the container's view of ``/`` is read-only, its volumes not."""
+    masked_paths: tuple[str, ...] = ()
+    """Paths hidden from the container (``/dev/null`` over files, an empty read-only tmpfs over
+    dirs), runc's list unless privileged or ``procMount: Unmasked``."""
+    readonly_paths: tuple[str, ...] = ()
+    """Paths bound read-only over themselves (``/proc/sys``, ``/proc/sysrq-trigger`` ...)."""
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@ field, so a field added on one side and not the other is a type error, not a sil
 
 from __future__ import annotations
 
+import base64
 import signal
 from pathlib import Path
 from typing import cast
 
 from nodelet.holder import protocol
-from nodelet.runtime.api import ContainerConfig, SandboxConfig
+from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
 
 
 def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
@@ -19,10 +20,7 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         "env": dict(config.env),
         "log_path": config.log_path,
         "working_dir": config.working_dir,
-        "mounts": [
-            {"source": m.source, "target": m.target, "read_only": m.read_only}
-            for m in config.mounts
-        ],
+        "mounts": [_mount_spec(m) for m in config.mounts],
         "run_as_user": config.run_as_user,
         "run_as_group": config.run_as_group,
         "supplemental_groups": list(config.supplemental_groups),
@@ -36,6 +34,38 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         spec["stop_signal"] = config.stop_signal
     if config.cgroup_procs:
         spec["cgroup_procs"] = list(config.cgroup_procs)
+    if config.capabilities is not None:
+        caps = config.capabilities
+        spec["capabilities"] = {
+            "bounding": list(caps.bounding),
+            "effective": list(caps.effective),
+            "permitted": list(caps.permitted),
+            "inheritable": list(caps.inheritable),
+            "ambient": list(caps.ambient),
+        }
+    if config.seccomp_filter is not None:
+        spec["seccomp_bpf"] = base64.b64encode(config.seccomp_filter).decode()
+    if config.privileged:
+        spec["privileged"] = True
+    if config.read_only_root:
+        spec["read_only_root"] = True
+    if config.masked_paths:
+        spec["masked_paths"] = list(config.masked_paths)
+    if config.readonly_paths:
+        spec["readonly_paths"] = list(config.readonly_paths)
+    return spec
+
+
+def _mount_spec(mount: Mount) -> protocol.MountSpec:
+    spec: protocol.MountSpec = {
+        "source": mount.source,
+        "target": mount.target,
+        "read_only": mount.read_only,
+    }
+    if mount.sub_path:
+        spec["sub_path"] = mount.sub_path
+    if mount.propagation != "private":
+        spec["propagation"] = mount.propagation
     return spec
 
 
@@ -53,4 +83,6 @@ def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxReq
     }
     if config.cgroup_procs:
         request["cgroup_procs"] = list(config.cgroup_procs)
+    if config.sysctls:
+        request["sysctls"] = [[name, value] for name, value in config.sysctls]
     return request

@@ -1,0 +1,1 @@
+"""Least privilege for containers: capabilities, seccomp, sysctls and LSM checks (agent side)."""
