@@ -11,8 +11,10 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
-VERSION = 2
-"""2: journal records carry a CRC32 and start on a fresh line; hello carries pending exits."""
+VERSION = 3
+"""2: journal records carry a CRC32 and start on a fresh line; hello carries pending exits.
+3: spawn applies capabilities, seccomp, masked and read-only paths, a read-only root, subPath and
+mount propagation (``SECURITY_KEYS``); sandboxes get sysctls."""
 SOCKET_NAME = "holder.sock"
 JOURNAL_NAME = "journal.jsonl"
 POD_RECORD_NAME = "pod.json"
@@ -95,6 +97,18 @@ class ContainerSpec(TypedDict):
     read_only_root: NotRequired[bool]
     masked_paths: NotRequired[list[str]]
     readonly_paths: NotRequired[list[str]]
+
+
+SECURITY_KEYS = ("capabilities", "seccomp_bpf", "read_only_root", "masked_paths", "readonly_paths")
+"""ContainerSpec keys a version-2 holder would silently ignore: such a spec is never sent to it."""
+SECURITY_MOUNT_KEYS = ("sub_path", "propagation")
+
+
+def needs_version_3(spec: ContainerSpec) -> bool:
+    """Whether ``spec`` asks for something only a version-3 holder applies."""
+    return any(key in spec for key in SECURITY_KEYS) or any(
+        key in mount for mount in spec["mounts"] for key in SECURITY_MOUNT_KEYS
+    )
 
 
 class SandboxRequest(TypedDict):

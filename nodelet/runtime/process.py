@@ -274,9 +274,19 @@ class ProcessRuntime:
             raise ContainerStartError(
                 reasons.POD_SANDBOX_NOT_FOUND, f"no sandbox for pod {pod_uid}"
             )
+        spec = wire.container_spec(config)
         try:
             client = await self._client(pod)
-            reply = await client.request(protocol.OP_SPAWN, container=wire.container_spec(config))
+            holder_version = int(client.hello.get("version") or 1)
+            if holder_version < 3 and protocol.needs_version_3(spec):
+                # Fail closed: an older holder would start it without its securityContext.
+                raise ContainerStartError(
+                    protocol.SETUP_ERROR,
+                    f"the pod's holder speaks protocol {holder_version}, from an older nodelet, "
+                    "and cannot apply this container's securityContext; re-create the pod "
+                    "(move its manifest out of the manifest dir and back) to give it a new holder",
+                )
+            reply = await client.request(protocol.OP_SPAWN, container=spec)
         except (HolderGoneError, OSError) as err:
             raise ContainerStartError(reasons.POD_SANDBOX_NOT_READY, str(err)) from err
         if not reply.get("ok"):
