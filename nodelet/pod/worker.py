@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_SECONDS = 1.0
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+AdmissionCheck = Callable[[StaticPod, AgentConfig], "tuple[str, str] | None"]
+ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = ()
+"""Each returns (reason, message) when the node must refuse the pod, else None."""
 FALLBACK_TO_LOGS = "FallbackToLogsOnError"
 
 
@@ -178,7 +182,9 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
-        self._deadline_exceeded = False
+        self._terminal_failure: tuple[str, str] | None = None
+        """(reason, message) once the pod failed for good: past its active deadline, or refused
+        at admission; it is stopped, reported Failed and never started again."""
         self._exit_reasons: dict[tuple[str, int], str] = {}
         self._exit_messages: dict[tuple[str, int], str] = {}
         """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
@@ -268,8 +274,10 @@ class PodWorker:
         sandbox = await runtime.pod_status(self.uid)
         await self._inspect_finished_runs(sandbox)
         deadline_at = self._active_deadline(sandbox)
-        if self._deadline_exceeded:
-            await self._end_past_deadline(sandbox)
+        if self._terminal_failure is None and sandbox is None:
+            self._terminal_failure = self._admission_refusal()
+        if self._terminal_failure is not None:
+            await self._end_failed(sandbox, *self._terminal_failure)
             return None
         actions = self._actions(sandbox)
         if deadline_at is not None:
@@ -372,31 +380,43 @@ class PodWorker:
 
     def _active_deadline(self, sandbox: SandboxStatus | None) -> float | None:
         """kubelet's active deadline: ``activeDeadlineSeconds`` after the pod's start time
-        (its first sandbox). Returns when it falls; sets ``_deadline_exceeded`` once it fell."""
+        (its first sandbox). Returns when it falls; sets ``_terminal_failure`` once it fell."""
         seconds = self.pod.spec.get("activeDeadlineSeconds")
         if not isinstance(seconds, int) or isinstance(seconds, bool) or sandbox is None:
             return None
         started = (self.status or {}).get("startTime")
         start = parse_rfc3339(started) if isinstance(started, str) else sandbox.created_at
         deadline_at = start + seconds
-        if self._ctx.clock() >= deadline_at:
-            self._deadline_exceeded = True
+        if self._ctx.clock() >= deadline_at and self._terminal_failure is None:
+            self._terminal_failure = (reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+            self._event(reasons.EVENT_WARNING, reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
         return deadline_at
 
-    async def _end_past_deadline(self, sandbox: SandboxStatus | None) -> None:
+    def _admission_refusal(self) -> tuple[str, str] | None:
+        """kubelet's admission: what the node cannot honour (a forbidden sysctl, an LSM profile
+        it lacks) fails the pod before anything of it runs."""
+        for check in ADMISSION_CHECKS:
+            refusal = check(self.pod, self._ctx.config)
+            if refusal is not None:
+                reason, message = refusal
+                log.warning("pod refused %s: %s: %s", describe(self.pod), reason, message)
+                self._event(reasons.EVENT_WARNING, reason, message)
+                return refusal
+        return None
+
+    async def _end_failed(self, sandbox: SandboxStatus | None, reason: str, message: str) -> None:
         """Stop every container (grace period and preStop as for a removal) and report the pod
-        Failed with DeadlineExceeded; it is never started again (kubelet keeps it Failed)."""
+        Failed with ``reason``; it is never started again (kubelet keeps it Failed)."""
         if sandbox is not None and sandbox.ready:
-            log.info("pod past its active deadline %s", describe(self.pod))
-            self._event(reasons.EVENT_WARNING, reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+            log.info("pod failed (%s) %s", reason, describe(self.pod))
             self._probes.stop()
             await self._ctx.runtime.stop_sandbox(self.uid, self.pod.grace_seconds)
             sandbox = await self._ctx.runtime.pod_status(self.uid)
         actions = PodActions(terminal_phase="Failed")
         self._report(sandbox, actions)
         if self.status is not None:
-            self.status["reason"] = reasons.DEADLINE_EXCEEDED
-            self.status["message"] = DEADLINE_MESSAGE
+            self.status["reason"] = reason
+            self.status["message"] = message
             self._ctx.on_status(self.uid, self.status)
 
     @functools.cached_property
