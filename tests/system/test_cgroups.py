@@ -175,9 +175,9 @@ def test_v1_layout_and_limits(v1: V1Driver, root_name: str) -> None:
     procs = v1.create_container(UID, "Burstable", "app", app)
 
     pod = f"{root_name}/kubepods/burstable/pod{UID}"
-    assert procs == [str(MOUNT / c / pod / "app" / "cgroup.procs") for c in V1_CONTROLLERS]
+    assert procs == [str(MOUNT / c / pod / "app" / "tasks") for c in V1_CONTROLLERS]
     assert v1.holder_procs(UID, "Burstable") == [
-        str(MOUNT / c / pod / "cgroup.procs") for c in V1_CONTROLLERS
+        str(MOUNT / c / pod / "tasks") for c in V1_CONTROLLERS
     ]
     cpu, memory, pids = MOUNT / "cpu" / pod, MOUNT / "memory" / pod, MOUNT / "pids" / pod
     assert read(cpu / "cpu.shares") == "153"
