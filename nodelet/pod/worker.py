@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,11 @@ def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: s
     """Standalone (no API server): events are not recorded anywhere but the log."""
 
 
+async def _plain_sync(_pod: StaticPod, sync: Awaitable[float | None]) -> float | None:
+    """No agent around the worker (tests): the sync pass, untimed."""
+    return await sync
+
+
 @dataclass
 class WorkerContext:
     """What every pod worker shares: the runtime, settings and the back-off table."""
@@ -89,6 +94,8 @@ class WorkerContext:
     """Called with (pod, type, reason, message, fieldPath): kubelet's events for the pod."""
     cgroups: CgroupDriver | None = None
     """The node's cgroup driver; None where cgroups are unusable (limits are then refused)."""
+    sync_hook: Callable[[StaticPod, Awaitable[float | None]], Awaitable[float | None]] = _plain_sync
+    """Awaits one sync pass and returns its result: the agent times it (metrics, /healthz)."""
     node_hostname: str = socket.gethostname()
     clock: Callable[[], float] = time.time
     """Wall-clock epoch seconds (container exit times are wall-clock); tests inject their own."""
@@ -235,7 +242,7 @@ class PodWorker:
             wake_at: float | None = None
             while not self._kill_requested:
                 try:
-                    wake_at = await self._sync()
+                    wake_at = await self._ctx.sync_hook(self.pod, self._sync())
                 except Exception:
                     log.exception("sync failed %s", describe(self.pod))
                     wake_at = self._ctx.clock() + RETRY_AFTER_ERROR_SECONDS
