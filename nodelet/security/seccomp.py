@@ -259,7 +259,8 @@ def _validate_syscall(check: _Checker, call: Any, field: str) -> None:
     action = check.choice(item["action"], f"{field}.action", ACTIONS)
     if "errnoRet" in item:
         _check_errno(check, action, item["errnoRet"], f"{field}.errnoRet")
-    args = item.get("args") or []
+    args = item.get("args")
+    args = [] if args is None else args
     if not isinstance(args, list) or len(args) > 6:
         raise check.fail(f"{field}.args", "must be a list of at most 6 conditions")
     for index, arg in enumerate(args):
@@ -394,10 +395,10 @@ def _read_json(real: Path, shown: str) -> dict[str, Any]:
         fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as err:
         raise SeccompError(f"cannot load seccomp profile {shown!r}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SeccompError(f"cannot load seccomp profile {shown!r}: not a regular file")
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SeccompError(f"cannot load seccomp profile {shown!r}: not a regular file")
         data = file.read(MAX_PROFILE_BYTES + 1)
     if len(data) > MAX_PROFILE_BYTES:
         raise SeccompError(
