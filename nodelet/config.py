@@ -67,6 +67,17 @@ class AgentConfig:
     """The port the Node advertises in ``daemonEndpoints`` (kubelet's ``--port``)."""
     allowed_unsafe_sysctls: tuple[str, ...] = ()
     """``--allowed-unsafe-sysctls``: names or ``prefix*`` patterns allowed beyond the safe set."""
+    seccomp_default: bool = False
+    """``--seccomp-default``: containers without a seccomp profile get ``RuntimeDefault``."""
+    manifest_validation: str = "Strict"
+    """``Strict`` refuses a manifest with unknown fields; ``Warn`` drops them and runs it, as
+    kubelet's lenient decoding does, showing each dropped field as a warning."""
+    manifest_url: str = ""
+    """kubelet's ``--manifest-url`` (``staticPodURL``): a Pod or PodList polled over HTTP."""
+    manifest_url_headers: tuple[tuple[str, str], ...] = ()
+    """``--manifest-url-header``: headers sent with every request to ``manifest_url``."""
+    http_check_frequency: float = 20.0
+    """Poll period of ``manifest_url`` (kubelet's ``httpCheckFrequency``)."""
 
     @property
     def seccomp_dir(self) -> Path:

@@ -11,81 +11,141 @@ from pathlib import Path
 from typing import Any
 
 from nodelet.config import AgentConfig
+from nodelet.configfile import MANIFEST_VALIDATION_MODES, format_duration, go_duration
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def duration(text: str) -> float:
-    """Go-style durations as kubelet flags take them (``20s``, ``1m``, ``500ms``); bare = s."""
+    """Go durations as kubelet flags take them (``20s``, ``1m30s``, ``500ms``); a bare number
+    is seconds, as nodelet always took it."""
     match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (examples: 20s, 1m, 500ms)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if match:
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        seconds = go_duration(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} (examples: 20s, 1m30s, 500ms)"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return seconds
 
 
 def add_run_arguments(sub: Any) -> None:
+    """kubelet's flags. Those a ``--config`` file can set default to None here, so that only
+    a flag actually given overrides the file (``build_config``)."""
     run = sub.add_parser("run", help="run the agent in the foreground")
+    run.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="KubeletConfiguration (kubeadm's /var/lib/kubelet/config.yaml) and/or "
+        "NodeletConfiguration file; repeatable; flags given override it",
+    )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as YAML and exit",
+    )
     run.add_argument(
         "--pod-manifest-path",
         type=Path,
-        default=AgentConfig.pod_manifest_path,
-        help="directory of static pod manifests (default: %(default)s)",
+        help=f"directory of static pod manifests (default: {AgentConfig.pod_manifest_path})",
     )
     run.add_argument("--hostname-override", help="node name instead of the host name")
     run.add_argument("--node-ip", help="address reported as hostIP (default: default route's)")
     run.add_argument(
         "--root-dir",
         type=Path,
-        default=AgentConfig.root_dir,
-        help="persistent state: pod volumes (default: %(default)s)",
+        help=f"persistent state: pod volumes (default: {AgentConfig.root_dir})",
     )
     run.add_argument(
         "--run-dir",
         type=Path,
-        default=AgentConfig.run_dir,
-        help="runtime state: holders, sockets, exit journals (default: %(default)s)",
+        help=f"runtime state: holders, sockets, exit journals (default: {AgentConfig.run_dir})",
     )
     run.add_argument(
         "--pod-logs-dir",
         type=Path,
-        default=AgentConfig.pod_logs_dir,
-        help="container logs in CRI format (default: %(default)s)",
+        help=f"container logs in CRI format (default: {AgentConfig.pod_logs_dir})",
     )
     run.add_argument(
         "--healthz-port",
         type=int,
-        default=AgentConfig.healthz_port,
-        help="redacted local API port on 127.0.0.1, 0 to disable (default: %(default)s)",
+        help="redacted local API port on 127.0.0.1, 0 to disable "
+        f"(default: {AgentConfig.healthz_port})",
     )
     run.add_argument(
         "--file-check-frequency",
         type=duration,
-        default=AgentConfig.file_check_frequency,
-        help="relist period of the manifest dir (default: %(default)ss)",
+        help="relist period of the manifest dir "
+        f"(default: {format_duration(AgentConfig.file_check_frequency)})",
+    )
+    run.add_argument(
+        "--manifest-url",
+        help="URL of a Pod or PodList to run as static pods, polled (kubelet's staticPodURL)",
+    )
+    run.add_argument(
+        "--manifest-url-header",
+        type=url_headers,
+        action="append",
+        metavar="KEY:VALUE,...",
+        help="HTTP header(s) for --manifest-url; repeatable",
+    )
+    run.add_argument(
+        "--http-check-frequency",
+        type=duration,
+        help="poll period of --manifest-url "
+        f"(default: {format_duration(AgentConfig.http_check_frequency)})",
+    )
+    run.add_argument(
+        "--manifest-validation",
+        choices=MANIFEST_VALIDATION_MODES,
+        help="Strict refuses a manifest with unknown fields; Warn drops them, runs the pod and "
+        f"shows a warning (default: {AgentConfig.manifest_validation})",
     )
     run.add_argument(
         "--crashloop-backoff-initial",
         type=duration,
-        default=AgentConfig.backoff_initial,
-        help="first CrashLoopBackOff window, doubled per crash (default: %(default)ss)",
+        help="first CrashLoopBackOff window, doubled per crash "
+        f"(default: {format_duration(AgentConfig.backoff_initial)})",
     )
     run.add_argument(
         "--crashloop-backoff-max",
         type=duration,
-        default=AgentConfig.backoff_max,
-        help="longest CrashLoopBackOff window (default: %(default)ss)",
+        help="longest CrashLoopBackOff window "
+        f"(default: {format_duration(AgentConfig.backoff_max)})",
     )
     run.add_argument(
         "--cgroup-root",
-        default=AgentConfig.cgroup_root,
-        help="cgroup under which pod cgroups go, in every hierarchy (default: %(default)s)",
+        help="cgroup under which pod cgroups go, in every hierarchy "
+        f"(default: {AgentConfig.cgroup_root})",
     )
     run.add_argument(
         "--pod-max-pids",
         type=int,
-        default=-1,
-        help="most processes a pod may run, -1 for no limit (default: %(default)s)",
+        help="most processes a pod may run, -1 for no limit (default: -1)",
+    )
+    run.add_argument(
+        "--allowed-unsafe-sysctls",
+        type=comma_list,
+        metavar="NAME,...",
+        help="unsafe sysctls or patterns ending in * that pods may set (default: none)",
+    )
+    run.add_argument(
+        "--seccomp-default",
+        type=boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="RuntimeDefault seccomp for containers that name no profile (default: false)",
     )
     api = run.add_argument_group("API server (kubelet's flags; without --kubeconfig: standalone)")
     api.add_argument(
@@ -96,9 +156,8 @@ def add_run_arguments(sub: Any) -> None:
     api.add_argument(
         "--register-node",
         type=boolean,
-        default=AgentConfig.register_node,
         metavar="BOOL",
-        help="create the Node when missing (default: %(default)s)",
+        help=f"create the Node when missing (default: {AgentConfig.register_node})",
     )
     api.add_argument(
         "--node-labels",
@@ -116,20 +175,18 @@ def add_run_arguments(sub: Any) -> None:
     api.add_argument(
         "--kube-api-qps",
         type=float,
-        default=AgentConfig.kube_api_qps,
-        help="requests per second to the API server (default: %(default)s)",
+        help=f"requests per second to the API server (default: {AgentConfig.kube_api_qps:g})",
     )
     api.add_argument(
         "--kube-api-burst",
         type=int,
-        default=AgentConfig.kube_api_burst,
-        help="request burst to the API server (default: %(default)s)",
+        help=f"request burst to the API server (default: {AgentConfig.kube_api_burst})",
     )
     api.add_argument(
         "--port",
         type=int,
-        default=AgentConfig.kubelet_port,
-        help="kubelet API port advertised in the Node's daemonEndpoints (default: %(default)s)",
+        help="kubelet API port advertised in the Node's daemonEndpoints "
+        f"(default: {AgentConfig.kubelet_port})",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -153,11 +210,96 @@ def node_labels(text: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def url_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """kubelet's ``--manifest-url-header``: ``Key:Value`` pairs, comma-separated."""
+    pairs = []
+    for item in comma_list(text):
+        name, colon, value = item.partition(":")
+        if not colon or not name.strip():
+            raise argparse.ArgumentTypeError(f"invalid header {item!r} (expected Key:Value)")
+        pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
+
+
+_FLAG_FIELDS = {
+    "file_check_frequency": "file_check_frequency",
+    "http_check_frequency": "http_check_frequency",
+    "healthz_port": "healthz_port",
+    "crashloop_backoff_initial": "backoff_initial",
+    "crashloop_backoff_max": "backoff_max",
+    "cgroup_root": "cgroup_root",
+    "register_node": "register_node",
+    "kube_api_qps": "kube_api_qps",
+    "kube_api_burst": "kube_api_burst",
+    "port": "kubelet_port",
+    "allowed_unsafe_sysctls": "allowed_unsafe_sysctls",
+    "seccomp_default": "seccomp_default",
+    "manifest_url": "manifest_url",
+    "manifest_validation": "manifest_validation",
+}
+"""Flag dest -> AgentConfig field, for flags whose value is taken as it is."""
+_FLAG_PATHS = {
+    "pod_manifest_path": "pod_manifest_path",
+    "root_dir": "root_dir",
+    "run_dir": "run_dir",
+    "pod_logs_dir": "pod_logs_dir",
+    "kubeconfig": "kubeconfig",
+}
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """AgentConfig fields from the flags actually given (a flag left out is None)."""
+    values: dict[str, Any] = {}
+    for dest, name in _FLAG_FIELDS.items():
+        if getattr(args, dest, None) is not None:
+            values[name] = getattr(args, dest)
+    for dest, name in _FLAG_PATHS.items():
+        if getattr(args, dest, None) is not None:
+            values[name] = getattr(args, dest).absolute()
+    if args.pod_max_pids is not None:
+        values["pod_pids_limit"] = args.pod_max_pids if args.pod_max_pids > 0 else None
+    if args.manifest_url_header:
+        values["manifest_url_headers"] = tuple(
+            p for group in args.manifest_url_header for p in group
+        )
+    if args.node_labels:
+        values["node_labels"] = args.node_labels
+    if args.node_status_update_frequency is not None:
+        values["node_status_update_frequency"] = args.node_status_update_frequency
+    return values
+
+
+def build_config(
+    args: argparse.Namespace, node_name: str, node_ip: str
+) -> tuple[AgentConfig, list[str]]:
+    """Flags over ``--config`` files over AgentConfig's defaults; and the files' warnings.
+    Raises ``ConfigFileError``."""
+    from nodelet.configfile import load_files
+
+    settings = load_files(list(args.config))
+    flags = flag_values(args)
+    values = {**settings.values, **flags}
+    if "node_status_report_frequency" not in settings.values:
+        # kubelet: an unset report frequency follows an explicitly set update frequency.
+        update = flags.get("node_status_update_frequency") or settings.values.get(
+            "node_status_update_frequency"
+        )
+        if update:
+            values["node_status_report_frequency"] = update
+    config = AgentConfig(node_name=node_name, node_ip=node_ip, **values)
+    return config, settings.warnings
+
+
 def run(args: argparse.Namespace) -> int:
     from nodelet.agent import Agent
     from nodelet.cgroups.driver import root_parts
     from nodelet.cluster.sync import KubeconfigError
     from nodelet.config import UnsafeDirError
+    from nodelet.configfile import ConfigFileError, print_config
     from nodelet.runtime.process import ProcessRuntime
     from nodelet.util import nodeinfo
 
@@ -165,32 +307,15 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = AgentConfig(
-        node_name=nodeinfo.node_name(args.hostname_override),
-        node_ip=nodeinfo.node_ip(args.node_ip),
-        pod_manifest_path=args.pod_manifest_path.absolute(),
-        root_dir=args.root_dir.absolute(),
-        run_dir=args.run_dir.absolute(),
-        pod_logs_dir=args.pod_logs_dir.absolute(),
-        healthz_port=args.healthz_port,
-        file_check_frequency=args.file_check_frequency,
-        backoff_initial=args.crashloop_backoff_initial,
-        backoff_max=args.crashloop_backoff_max,
-        cgroup_root=args.cgroup_root,
-        pod_pids_limit=args.pod_max_pids if args.pod_max_pids > 0 else None,
-        kubeconfig=args.kubeconfig.absolute() if args.kubeconfig else None,
-        register_node=args.register_node,
-        node_labels=args.node_labels,
-        node_status_update_frequency=(
-            args.node_status_update_frequency or AgentConfig.node_status_update_frequency
-        ),
-        node_status_report_frequency=(
-            args.node_status_update_frequency or AgentConfig.node_status_report_frequency
-        ),
-        kube_api_qps=args.kube_api_qps,
-        kube_api_burst=args.kube_api_burst,
-        kubelet_port=args.port,
-    )
+    try:
+        config, warnings = build_config(
+            args, nodeinfo.node_name(args.hostname_override), nodeinfo.node_ip(args.node_ip)
+        )
+    except ConfigFileError as err:
+        print(f"nodelet run: --config: {err}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        log.warning("%s", warning)
     try:
         root_parts(config.cgroup_root)
     except ValueError as err:
@@ -199,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
     if config.kube_api_qps <= 0 or config.kube_api_burst < 1:
         print("nodelet run: --kube-api-qps must be > 0 and --kube-api-burst >= 1", file=sys.stderr)
         return 2
+    if args.print_config:
+        sys.stdout.write(print_config(config))
+        return 0
     try:
         asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
     except (UnsafeDirError, KubeconfigError) as err:
