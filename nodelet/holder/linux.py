@@ -21,8 +21,14 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -76,8 +82,12 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
     _check(result, f"mount {source or ''} on {target}")
 
 
-def prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl({option})")
+def prctl(option: int, value: int, arg3: int = 0) -> int:
+    """prctl(2); returns its (non-negative) result, raises OSError on -1."""
+    result: int = _libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(arg3), 0, 0)
+    if result < 0:
+        _check(result, f"prctl({option})")
+    return result
 
 
 def start_time(pid: int) -> int:

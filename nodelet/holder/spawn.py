@@ -1,5 +1,11 @@
 """What runs in a container's process between fork and exec: apply the prepared spec, exec.
 
+The order is runc's standard init (``standard_init_linux.go``, ``finalizeNamespace``): session
+and stdio, cgroups, mounts; the seccomp filter while CAP_SYS_ADMIN is still held when the
+container has no no_new_privs; the bounding set; the user switch with the permitted set kept;
+the working directory as that user; effective, permitted, inheritable and ambient sets;
+no_new_privs and, with it, the seccomp filter as late as possible; then exec.
+
 Every failure is written as JSON to the status pipe (close-on-exec: EOF means exec succeeded)
 and the child exits 127, so the holder can tell the agent exactly why a start failed, and
 whether it got as far as exec.
@@ -7,13 +13,14 @@ whether it got as far as exec.
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
 import signal
 from typing import NoReturn
 
-from nodelet.holder import linux, protocol
+from nodelet.holder import capabilities, linux, protocol, seccomp
 
 
 class SetupError(Exception):
@@ -61,14 +68,48 @@ def _working_dir(path: str, mounts: list[protocol.MountSpec]) -> None:
 def _identity(spec: protocol.ContainerSpec) -> None:
     user, group = spec["run_as_user"], spec["run_as_group"]
     groups = list(spec["supplemental_groups"])
-    if user is not None or group is not None or groups:
-        os.setgroups(groups)
-    if group is not None:
-        os.setgid(group)
-    if user is not None:
-        if group is None:
-            os.setgid(0)
-        os.setuid(user)
+    try:
+        if user is not None or group is not None or groups:
+            os.setgroups(groups)
+        if group is not None:
+            os.setgid(group)
+        if user is not None:
+            if group is None:
+                os.setgid(0)
+            os.setuid(user)
+    except OSError as err:
+        raise SetupError(
+            f"cannot switch to user {user}, group {group}, groups {groups}: {err.strerror}"
+        ) from None
+
+
+def _user_and_capabilities(spec: protocol.ContainerSpec) -> None:
+    """runc's ``finalizeNamespace``: without a capability spec (privileged) the process keeps
+    the holder's capabilities, which the kernel clears anyway when it leaves uid 0."""
+    caps = spec.get("capabilities")
+    if caps is not None:
+        try:
+            capabilities.drop_bounding(caps["bounding"])
+            capabilities.keep_caps(True)
+        except OSError as err:
+            raise SetupError(f"cannot apply the capability bounding set: {err}") from None
+    _identity(spec)
+    if spec["working_dir"]:
+        _working_dir(spec["working_dir"], spec["mounts"])
+    if caps is not None:
+        try:
+            capabilities.keep_caps(False)
+            capabilities.set_capabilities(caps["effective"], caps["permitted"], caps["inheritable"])
+            capabilities.set_ambient(caps["ambient"])
+        except OSError as err:
+            raise SetupError(f"cannot apply the capability sets: {err}") from None
+
+
+def _install_seccomp(program: bytes) -> None:
+    try:
+        seccomp.install(program)
+    except OSError as err:
+        raise SetupError(f"cannot install the seccomp filter: {err.strerror or err}") from None
 
 
 def _exec_error(argv0: str, err: OSError) -> str:
@@ -100,16 +141,20 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
             linux.join_cgroups(spec.get("cgroup_procs") or [])
         except OSError as err:
             raise SetupError(f"cannot join the container's cgroup: {err}") from None
-        mounts = spec["mounts"]
-        if mounts:
-            _bind_mounts(mounts)
-        _identity(spec)
-        if spec["working_dir"]:
-            _working_dir(spec["working_dir"], mounts)
-        if spec["no_new_privileges"]:
+        if spec["mounts"]:
+            _bind_mounts(spec["mounts"])
+        encoded = spec.get("seccomp_bpf")
+        program = base64.b64decode(encoded) if encoded is not None else None
+        no_new_privs = spec["no_new_privileges"]
+        if program is not None and not no_new_privs:
+            _install_seccomp(program)
+        _user_and_capabilities(spec)
+        if no_new_privs:
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
+        if program is not None and no_new_privs:
+            _install_seccomp(program)
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
