@@ -40,6 +40,10 @@ SYS_SECCOMP = {
 """``__NR_seccomp`` per ``uname -m``; elsewhere prctl(PR_SET_SECCOMP), which takes no flags."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Looked up once at import, so the forked child (often forked from a pre-warmed process) does
+# not pay the symbol lookup between fork and exec.
+_syscall = _libc.syscall
+_prctl = _libc.prctl
 
 
 class _SockFprog(ctypes.Structure):
@@ -63,7 +67,7 @@ def install(program: bytes, flags: int = 0) -> None:
     fprog = _SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
     number = SYS_SECCOMP.get(os.uname().machine)
     if number is not None:
-        result = _libc.syscall(
+        result = _syscall(
             ctypes.c_long(number),
             ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
             ctypes.c_uint(flags),
@@ -76,7 +80,7 @@ def install(program: bytes, flags: int = 0) -> None:
             raise _error(error)
     if flags:
         raise OSError(errno.ENOSYS, "seccomp(2) is unavailable: filter flags cannot be set")
-    result = _libc.prctl(
+    result = _prctl(
         ctypes.c_int(PR_SET_SECCOMP),
         ctypes.c_ulong(SECCOMP_MODE_FILTER),
         ctypes.byref(fprog),
