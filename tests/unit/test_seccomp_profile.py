@@ -231,6 +231,11 @@ def call(**fields: Any) -> dict[str, Any]:
         ),
         ({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["NOPE"]}, "flags[0]", "unknown value"),
         (
+            {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]},
+            "flags[0]",
+            "not supported by nodelet yet",
+        ),
+        (
             {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_Z80"]},
             "architectures[0]",
             "unknown value",
