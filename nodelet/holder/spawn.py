@@ -1,10 +1,11 @@
 """What runs in a container's process between fork and exec: apply the prepared spec, exec.
 
 The order is runc's standard init (``standard_init_linux.go``, ``finalizeNamespace``): session
-and stdio, cgroups, mounts; the seccomp filter while CAP_SYS_ADMIN is still held when the
-container has no no_new_privs; the bounding set; the user switch with the permitted set kept;
-the working directory as that user; effective, permitted, inheritable and ambient sets;
-no_new_privs and, with it, the seccomp filter as late as possible; then exec.
+and stdio, cgroups, the mount namespace (``mounts.apply``); the seccomp filter while
+CAP_SYS_ADMIN is still held when the container has no no_new_privs; the bounding set; the user
+switch with the permitted set kept; the working directory as that user; effective, permitted,
+inheritable and ambient sets; no_new_privs and, with it, the seccomp filter as late as
+possible; then exec.
 
 Every failure is written as JSON to the status pipe (close-on-exec: EOF means exec succeeded)
 and the child exits 127, so the holder can tell the agent exactly why a start failed, and
@@ -20,30 +21,14 @@ import os
 import signal
 from typing import NoReturn
 
-from nodelet.holder import capabilities, linux, protocol, seccomp
+from nodelet.holder import capabilities, linux, mounts, protocol, seccomp
 
 
 class SetupError(Exception):
     """The spec cannot be applied; the message is what the operator sees."""
 
 
-def _bind_mounts(mounts: list[protocol.MountSpec]) -> None:
-    linux.unshare(linux.CLONE_NEWNS)
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-    for mount in mounts:
-        target, source = mount["target"], mount["source"]
-        if not os.path.exists(target):
-            raise SetupError(
-                f"mountPath {target} does not exist on the host; it is not created there "
-                "(filesystem isolation is not implemented yet)"
-            )
-        linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
-        if mount.get("read_only"):
-            flags = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY
-            linux.mount(None, target, None, flags)
-
-
-def _working_dir(path: str, mounts: list[protocol.MountSpec]) -> None:
+def _working_dir(path: str, volumes: list[protocol.MountSpec]) -> None:
     """chdir to ``path``, creating it only inside a volume, and only as the container's user
     (this runs after the user switch): nothing is created that the user could not create."""
     if not os.path.isabs(path):
@@ -54,8 +39,8 @@ def _working_dir(path: str, mounts: list[protocol.MountSpec]) -> None:
         while not os.path.lexists(existing):
             existing = os.path.dirname(existing)
         real = os.path.realpath(existing)
-        volumes = [os.path.realpath(m["target"]) for m in mounts]
-        if not any(real == v or real.startswith(v.rstrip("/") + "/") for v in volumes):
+        targets = [os.path.realpath(m["target"]) for m in volumes]
+        if not any(real == t or real.startswith(t.rstrip("/") + "/") for t in targets):
             raise SetupError(
                 f"workingDir {path} does not exist and lies outside every volume; it is not "
                 "created on the host filesystem"
@@ -141,8 +126,10 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
             linux.join_cgroups(spec.get("cgroup_procs") or [])
         except OSError as err:
             raise SetupError(f"cannot join the container's cgroup: {err}") from None
-        if spec["mounts"]:
-            _bind_mounts(spec["mounts"])
+        try:
+            mounts.apply(spec)
+        except mounts.MountError as err:
+            raise SetupError(str(err)) from None
         encoded = spec.get("seccomp_bpf")
         program = base64.b64decode(encoded) if encoded is not None else None
         no_new_privs = spec["no_new_privileges"]
