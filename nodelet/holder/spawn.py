@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import signal
+import stat
 from typing import NoReturn
 
 from nodelet.holder import capabilities, linux, mounts, protocol, seccomp
@@ -50,8 +51,25 @@ def _working_dir(path: str, volumes: list[protocol.MountSpec]) -> None:
     os.chdir(path)
 
 
+def _stdio_owner(uid: int) -> None:
+    """runc's ``fixStdioPermissions``: stdio pipes the holder made belong to root, so a
+    non-root process could not reopen them (``echo > /dev/stdout``); give them to the user.
+    /dev/null is left alone, and so is what the kernel refuses (EPERM, EROFS), as runc does."""
+    for fd in (0, 1, 2):
+        info = os.fstat(fd)
+        if info.st_uid == uid or (stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)):
+            continue
+        try:
+            os.fchown(fd, uid, -1)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EROFS):
+                raise SetupError(f"cannot give stdio to user {uid}: {err.strerror}") from None
+
+
 def _identity(spec: protocol.ContainerSpec) -> None:
     user, group = spec["run_as_user"], spec["run_as_group"]
+    if user is not None:
+        _stdio_owner(user)
     groups = list(spec["supplemental_groups"])
     try:
         if user is not None or group is not None or groups:

@@ -32,6 +32,7 @@ ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
 def spec_for(
     security_context: dict[str, Any] | None = None,
     *,
+    argv: tuple[str, ...] = ("/bin/cat", "/proc/self/status"),
     privileged: bool = False,
     user: int | None = None,
     group: int | None = None,
@@ -42,7 +43,7 @@ def spec_for(
     if capabilities is None:
         capabilities = container_capabilities(security_context, privileged, node_caps=NODE_CAPS)
     config = ContainerConfig(
-        name="nlt-caps", attempt=0, argv=["/bin/cat", "/proc/self/status"],
+        name="nlt-caps", attempt=0, argv=list(argv),
         env={"PATH": "/usr/bin:/bin"}, log_path="/dev/null", run_as_user=user,
         run_as_group=group, no_new_privileges=no_new_privileges, capabilities=capabilities,
         seccomp_filter=seccomp, privileged=privileged,
@@ -172,3 +173,10 @@ def test_a_malformed_seccomp_program_is_a_setup_error() -> None:
     assert spec["seccomp_bpf"] == base64.b64encode(b"\x06\x00").decode()
     status = run(spec)
     assert status["failure"].startswith(f"{protocol.SETUP_ERROR}: cannot install the seccomp")
+
+
+def test_a_non_root_container_can_reopen_its_stdout() -> None:
+    """runc gives the stdio pipes to the container's user (``fixStdioPermissions``)."""
+    argv = ("/bin/sh", "-c", "echo reopened > /dev/stdout && echo Uid: $(id -u)")
+    status = run(spec_for({"capabilities": {"drop": ["ALL"]}}, user=1000, argv=argv))
+    assert "reopened" in status and status["Uid"] == "1000", status
