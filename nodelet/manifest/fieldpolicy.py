@@ -31,6 +31,16 @@ S, OK, NOOP, NO, FORBID = (
     Policy.STRUCT, Policy.IMPLEMENTED, Policy.NO_EFFECT, Policy.UNSUPPORTED, Policy.FORBIDDEN,
 )  # fmt: skip
 
+_WINDOWS_OPTIONS: dict[str, Policy] = {
+    "securityContext.windowsOptions": S,
+    "securityContext.windowsOptions.gmsaCredentialSpecName": NOOP,
+    "securityContext.windowsOptions.gmsaCredentialSpec": NOOP,
+    "securityContext.windowsOptions.runAsUserName": NOOP,
+    "securityContext.windowsOptions.hostProcess": NO,
+}  # fmt: skip
+"""Only Windows nodes read these (kubelet on Linux ignores them); a host-process container is a
+request to run on the host, which nodelet cannot honour as asked."""
+
 _CONTAINER: dict[str, Policy] = {
     "": S,
     "name": OK, "image": OK, "command": OK, "args": OK, "workingDir": OK,
@@ -43,6 +53,8 @@ _CONTAINER: dict[str, Policy] = {
     "ports[].protocol": OK, "ports[].hostIP": NO, "ports[].hostPort": OK,
     "volumeMounts": S, "volumeMounts[]": S, "volumeMounts[].name": OK,
     "volumeMounts[].mountPath": OK, "volumeMounts[].readOnly": OK,
+    "volumeMounts[].subPath": OK, "volumeMounts[].subPathExpr": OK,
+    "volumeMounts[].mountPropagation": OK,
     "volumeDevices": FORBID,
     "imagePullPolicy": NOOP,
     # The message file needs a container root of its own (the default path is in /dev): only
@@ -69,7 +81,13 @@ _CONTAINER: dict[str, Policy] = {
     "lifecycle.postStart.tcpSocket": NO,
     "securityContext": S, "securityContext.runAsUser": OK, "securityContext.runAsGroup": OK,
     "securityContext.runAsNonRoot": OK, "securityContext.allowPrivilegeEscalation": OK,
-    "securityContext.privileged": OK,
+    "securityContext.privileged": OK, "securityContext.capabilities": S,
+    "securityContext.capabilities.add": OK, "securityContext.capabilities.drop": OK,
+    "securityContext.readOnlyRootFilesystem": OK, "securityContext.procMount": OK,
+    "securityContext.seccompProfile": OK,
+    # AppArmor and SELinux: honoured or refused at admission by nodelet.security.lsm.
+    "securityContext.appArmorProfile": OK, "securityContext.seLinuxOptions": OK,
+    **_WINDOWS_OPTIONS,
 }  # fmt: skip
 
 _POD: dict[str, Policy] = {
@@ -89,9 +107,14 @@ _POD: dict[str, Policy] = {
     "spec.hostUsers": NO,  # false asks for a user namespace; true (the default) counts as unset
     "spec.securityContext": S, "spec.securityContext.runAsUser": OK,
     "spec.securityContext.runAsGroup": OK, "spec.securityContext.runAsNonRoot": OK,
-    "spec.securityContext.supplementalGroups": OK,
+    "spec.securityContext.supplementalGroups": OK, "spec.securityContext.fsGroup": OK,
+    "spec.securityContext.fsGroupChangePolicy": OK, "spec.securityContext.sysctls": OK,
+    "spec.securityContext.seccompProfile": OK, "spec.securityContext.appArmorProfile": OK,
+    "spec.securityContext.seLinuxOptions": OK,
+    **{f"spec.{key}": policy for key, policy in _WINDOWS_OPTIONS.items()},
     "spec.volumes": S, "spec.volumes[]": S, "spec.volumes[].name": OK,
-    "spec.volumes[].emptyDir": S, "spec.volumes[].emptyDir.medium": NO,  # "" = on disk
+    "spec.volumes[].emptyDir": S, "spec.volumes[].emptyDir.medium": OK,
+    "spec.volumes[].emptyDir.sizeLimit": OK, "spec.volumes[].downwardAPI": OK,
     "spec.volumes[].hostPath": OK,
     "spec.volumes[].secret": FORBID, "spec.volumes[].configMap": FORBID,
     "spec.volumes[].persistentVolumeClaim": FORBID, "spec.volumes[].projected": FORBID,
@@ -124,6 +147,10 @@ _DEFAULTS_AS_UNSET: dict[str, Any] = {
     "tty": False,
     "volumeMounts[].mountPropagation": "None",
     "volumeMounts[].subPath": "",
+    "volumeMounts[].subPathExpr": "",
+    "volumeMounts[].recursiveReadOnly": "Disabled",
+    "securityContext.windowsOptions.hostProcess": False,
+    "spec.securityContext.supplementalGroupsPolicy": "Merge",
     "spec.hostUsers": True,
     "spec.setHostnameAsFQDN": False,
     "spec.volumes[].emptyDir.medium": "",

@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any
 
 from nodelet.cgroups.quantity import QuantityError, parse_quantity
+from nodelet.manifest import securitycontext
 from nodelet.manifest.schema import plain, show
 from nodelet.probe.worker import ProbeSpec
 
@@ -40,6 +42,19 @@ DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default")
 HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
                    "CharDevice", "BlockDevice")  # fmt: skip
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+MOUNT_PROPAGATIONS = ("Bidirectional", "HostToContainer", "None")
+FILE_MODE_RULE = "must be a number between 0 and 0777 (octal), both inclusive"
+VOLUME_FIELD_REFS = (
+    "metadata.annotations", "metadata.labels", "metadata.name", "metadata.namespace",
+    "metadata.uid",
+)  # fmt: skip
+RESOURCE_FIELD_REFS = ("limits.cpu", "limits.memory", "requests.cpu", "requests.memory")
+"""What a downwardAPI volume may publish of a container's resources here: nodelet enforces
+cpu and memory only, so ephemeral-storage and hugepages have no value to publish."""
+CPU_DIVISORS = (Fraction(1, 1000), Fraction(1))
+MEMORY_DIVISORS = tuple(
+    Fraction(base**power) for base in (1000, 1024) for power in range(7)
+)  # 1, 1k/1Ki ... 1E/1Ei
 MAX_ID = 2**31 - 1
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 
@@ -126,6 +141,8 @@ def validate(pod: Any, node_name: str, error: ErrorSink) -> None:
         error("spec", "required")
         return
     _spec(spec, error)
+    annotations = _obj(_obj(pod.get("metadata")).get("annotations"))
+    securitycontext.apparmor_annotations(annotations, spec, error)
 
 
 def _metadata(meta: dict[str, Any], node_name: str, error: ErrorSink) -> None:
@@ -174,13 +191,25 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     containers = spec.get("containers")
     if containers is None or containers == []:
         error("spec.containers", "at least one container is required")
-    volumes = _volumes(spec.get("volumes"), error)
+    names = {
+        name
+        for kind in ("initContainers", "containers")
+        for _, container in _objects(spec.get(kind))
+        if isinstance(name := container.get("name"), str)
+    }
+    volumes = _volumes(spec.get("volumes"), names, error)
     seen: dict[str, str] = {}
     host_network = spec.get("hostNetwork") is True
+    host_users = spec.get("hostUsers") is not False
+    linux = _obj(spec.get("os")).get("name") == "linux"
     for kind in ("initContainers", "containers"):
         for index, container in _objects(spec.get(kind)):
             path = f"spec.{kind}[{index}]"
             _container(container, path, volumes, host_network, error)
+            context = _obj(container.get("securityContext"))
+            securitycontext.container_context(
+                context, f"{path}.securityContext", host_users, linux, error
+            )
             _probes(container, path, kind == "initContainers", error)
             name = container.get("name")
             if isinstance(name, str) and name in seen:
@@ -211,6 +240,7 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
         error("spec.os.name", f"nodelet runs Linux pods only, got {show(os_name)}")
     context = _obj(spec.get("securityContext"))
     _ids(context, "spec.securityContext", error)
+    securitycontext.pod_context(spec, linux, error)
     groups = context.get("supplementalGroups")
     for index, group in enumerate(groups if isinstance(groups, list) else []):
         number = _int(group)
@@ -225,7 +255,7 @@ def _ids(context: dict[str, Any], path: str, error: ErrorSink) -> None:
             error(f"{path}.{key}", "must be between 0 and 2147483647")
 
 
-def _volumes(volumes: Any, error: ErrorSink) -> set[str]:
+def _volumes(volumes: Any, containers: set[str], error: ErrorSink) -> set[str]:
     names: set[str] = set()
     for index, volume in _objects(volumes):
         path = f"spec.volumes[{index}]"
@@ -249,7 +279,118 @@ def _volumes(volumes: Any, error: ErrorSink) -> set[str]:
                 error(f"{path}.hostPath.path", "must not contain '..'")
             if host_path.get("type", "") not in HOST_PATH_TYPES:
                 error(f"{path}.hostPath.type", f"must be one of {', '.join(HOST_PATH_TYPES[1:])}")
+        _empty_dir(volume.get("emptyDir"), f"{path}.emptyDir", error)
+        _downward_api(volume.get("downwardAPI"), f"{path}.downwardAPI", containers, error)
     return names
+
+
+def _empty_dir(empty_dir: Any, path: str, error: ErrorSink) -> None:
+    """The media nodelet provides (disk, or tmpfs for ``Memory``) and a usable size limit."""
+    if not isinstance(empty_dir, dict):
+        return
+    medium = empty_dir.get("medium", "")
+    if isinstance(medium, str) and medium.startswith("HugePages"):
+        error(f"{path}.medium", f"unsupported: medium {show(medium)} (nodelet has no hugepages)")
+    elif medium not in ("", "Memory"):
+        error(f"{path}.medium", securitycontext.not_supported(medium, ("", "Memory")))
+    limit = empty_dir.get("sizeLimit")
+    if limit is None:
+        return
+    try:
+        size = parse_quantity(limit)
+    except QuantityError as err:
+        error(f"{path}.sizeLimit", str(err))
+        return
+    if size < 0:
+        error(f"{path}.sizeLimit", "SizeLimit field must be a valid resource quantity")
+    elif size == 0:
+        error(f"{path}.sizeLimit", "must be greater than zero (a limit of 0 would be no limit)")
+
+
+def _file_mode(mode: Any, where: str, error: ErrorSink) -> None:
+    number = _int(mode)
+    if number is not None and not 0 <= number <= 0o777:
+        error(where, FILE_MODE_RULE)
+
+
+def _downward_api(source: Any, path: str, containers: set[str], error: ErrorSink) -> None:
+    """``validateDownwardAPIVolumeSource``: modes, local paths, the fields a volume may show."""
+    if not isinstance(source, dict):
+        return
+    _file_mode(source.get("defaultMode"), f"{path}.defaultMode", error)
+    for index, item in _objects(source.get("items")):
+        where = f"{path}.items[{index}]"
+        target = item.get("path")
+        if not isinstance(target, str) or not target:
+            error(f"{where}.path", "required")
+        else:
+            securitycontext.local_descending_path(target, f"{where}.path", error)
+            if target.startswith("..") and not target.startswith("../"):
+                error(f"{where}.path", "must not start with '..'")
+        field_ref, resource_ref = item.get("fieldRef"), item.get("resourceFieldRef")
+        if field_ref is not None and resource_ref is not None:
+            error(where, "fieldRef and resourceFieldRef can not be specified simultaneously")
+        elif field_ref is not None:
+            _volume_field_ref(_obj(field_ref), f"{where}.fieldRef", error)
+        elif resource_ref is not None:
+            _resource_field_ref(_obj(resource_ref), f"{where}.resourceFieldRef", containers, error)
+        else:
+            error(where, "one of fieldRef and resourceFieldRef is required")
+        _file_mode(item.get("mode"), f"{where}.mode", error)
+
+
+def _volume_field_ref(ref: dict[str, Any], path: str, error: ErrorSink) -> None:
+    """``validateObjectFieldSelector`` with the paths a volume may publish."""
+    version = ref.get("apiVersion", "v1")
+    if version != "v1":
+        error(f"{path}.apiVersion", f"unsupported pod version: {show(version)}")
+        return
+    field_path = ref.get("fieldPath")
+    if not isinstance(field_path, str) or not field_path:
+        error(f"{path}.fieldPath", "required")
+        return
+    subscript = re.fullmatch(r"(metadata\.[a-z]+)\['(.*)'\]", field_path, re.DOTALL)
+    if subscript and subscript[1] in ("metadata.labels", "metadata.annotations"):
+        key = subscript[2].lower() if subscript[1] == "metadata.annotations" else subscript[2]
+        _qualified_key(path, key, error)
+    elif subscript:
+        error(path, f"{show(subscript[1])} does not support subscript")
+    elif field_path not in VOLUME_FIELD_REFS:
+        error(f"{path}.fieldPath", securitycontext.not_supported(field_path, VOLUME_FIELD_REFS))
+
+
+def _resource_field_ref(
+    ref: dict[str, Any], path: str, containers: set[str], error: ErrorSink
+) -> None:
+    """``validateContainerResourceFieldSelector`` for a volume: the container is named (and
+    exists, or kubelet could not fill the file), the resource is one nodelet enforces."""
+    name, resource = ref.get("containerName"), ref.get("resource")
+    if not name:
+        error(f"{path}.containerName", "required")
+    elif name not in containers:
+        error(f"{path}.containerName", f"no container is named {show(name)}")
+    if not resource:
+        error(f"{path}.resource", "required")
+        return
+    if resource not in RESOURCE_FIELD_REFS:
+        error(f"{path}.resource", securitycontext.not_supported(resource, RESOURCE_FIELD_REFS))
+        return
+    divisor = ref.get("divisor")
+    if divisor is None:
+        return
+    try:
+        value = parse_quantity(divisor)
+    except QuantityError as err:
+        error(f"{path}.divisor", str(err))
+        return
+    cpu = resource.endswith(".cpu")
+    if value != 0 and value not in (CPU_DIVISORS if cpu else MEMORY_DIVISORS):
+        allowed = "1m and 1" if cpu else "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei"
+        kind = "cpu" if cpu else "memory"
+        error(
+            f"{path}.divisor",
+            f"only divisor's values {allowed} are supported with the {kind} resource",
+        )
 
 
 def _container(
@@ -269,7 +410,8 @@ def _container(
     _ids(_obj(container.get("securityContext")), f"{path}.securityContext", error)
     _env(container.get("env"), path, error)
     _ports(container.get("ports"), path, host_network, error)
-    _mounts(container.get("volumeMounts"), path, volumes, error)
+    privileged = _obj(container.get("securityContext")).get("privileged") is True
+    _mounts(container.get("volumeMounts"), path, volumes, privileged, error)
     _lifecycle(_obj(container.get("lifecycle")), container, f"{path}.lifecycle", error)
     _resources(_obj(container.get("resources")), f"{path}.resources", error)
 
@@ -437,7 +579,7 @@ def _ports(ports: Any, path: str, host_network: bool, error: ErrorSink) -> None:
             names.add(name)
 
 
-def _mounts(mounts: Any, path: str, volumes: set[str], error: ErrorSink) -> None:
+def _mounts(mounts: Any, path: str, volumes: set[str], privileged: bool, error: ErrorSink) -> None:
     targets: set[str] = set()
     for index, mount in _objects(mounts):
         where = f"{path}.volumeMounts[{index}]"
@@ -453,3 +595,26 @@ def _mounts(mounts: Any, path: str, volumes: set[str], error: ErrorSink) -> None
             error(f"{where}.mountPath", f"{plain(target)} is mounted twice")
         else:
             targets.add(target)
+        _sub_path(mount, where, error)
+        propagation = mount.get("mountPropagation")
+        if propagation is not None and propagation not in MOUNT_PROPAGATIONS:
+            error(
+                f"{where}.mountPropagation",
+                securitycontext.not_supported(propagation, MOUNT_PROPAGATIONS),
+            )
+        elif propagation == "Bidirectional" and not privileged:
+            error(
+                f"{where}.mountPropagation",
+                "Bidirectional mount propagation is available only to privileged containers",
+            )
+
+
+def _sub_path(mount: dict[str, Any], where: str, error: ErrorSink) -> None:
+    """A subPath (or the unexpanded subPathExpr) stays beneath the volume; not both."""
+    sub_path, expression = mount.get("subPath"), mount.get("subPathExpr")
+    if isinstance(sub_path, str) and sub_path:
+        securitycontext.local_descending_path(sub_path, f"{where}.subPath", error)
+    if isinstance(expression, str) and expression:
+        if sub_path:
+            error(f"{where}.subPathExpr", "subPathExpr and subPath are mutually exclusive")
+        securitycontext.local_descending_path(expression, f"{where}.subPathExpr", error)

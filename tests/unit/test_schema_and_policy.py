@@ -187,8 +187,13 @@ def test_pattern_of_drops_indices_and_keys() -> None:
         ("spec.containers[].livenessProbe.grpc", Policy.IMPLEMENTED),
         ("spec.containers[].lifecycle.postStart.exec", Policy.IMPLEMENTED),
         ("spec.containers[].lifecycle.postStart.tcpSocket", Policy.UNSUPPORTED),
-        ("spec.containers[].securityContext.capabilities", Policy.UNSUPPORTED),
-        ("spec.securityContext.sysctls", Policy.UNSUPPORTED),
+        ("spec.containers[].securityContext.capabilities", Policy.STRUCT),
+        ("spec.containers[].securityContext.capabilities.add", Policy.IMPLEMENTED),
+        ("spec.securityContext.sysctls", Policy.IMPLEMENTED),
+        ("spec.securityContext.supplementalGroupsPolicy", Policy.UNSUPPORTED),
+        ("spec.securityContext.seLinuxChangePolicy", Policy.UNSUPPORTED),
+        ("spec.containers[].volumeMounts[].recursiveReadOnly", Policy.UNSUPPORTED),
+        ("spec.containers[].securityContext.windowsOptions.hostProcess", Policy.UNSUPPORTED),
         ("spec.newField", Policy.UNSUPPORTED),  # unknown to the table: refused
         ("spec", Policy.STRUCT),
         ("spec.containers", Policy.STRUCT),
@@ -259,12 +264,25 @@ def test_policy_of(pattern: str, expected: Policy) -> None:
             [unsupported("spec.containers[0].tty")],
         ),
         (
-            with_container(securityContext={"readOnlyRootFilesystem": True}),
-            [unsupported("spec.containers[0].securityContext.readOnlyRootFilesystem")],
+            with_container(securityContext={"windowsOptions": {"hostProcess": True}}),
+            [unsupported("spec.containers[0].securityContext.windowsOptions.hostProcess")],
         ),
         (
-            pod(volumes=[{"name": "v", "emptyDir": {"sizeLimit": "1Gi"}}]),
-            [unsupported("spec.volumes[0].emptyDir.sizeLimit")],
+            with_container(
+                volumeMounts=[
+                    {
+                        "name": "v",
+                        "mountPath": "/m",
+                        "readOnly": True,
+                        "recursiveReadOnly": "Enabled",
+                    }
+                ]
+            ),
+            [unsupported("spec.containers[0].volumeMounts[0].recursiveReadOnly")],
+        ),
+        (
+            pod(securityContext={"supplementalGroupsPolicy": "Strict"}),
+            [unsupported("spec.securityContext.supplementalGroupsPolicy")],
         ),
     ],
 )
@@ -305,8 +323,17 @@ def test_defaults_and_no_effect_fields_are_accepted(manifest: dict[str, Any]) ->
 
 
 def test_a_non_default_value_of_a_defaulted_field_is_refused() -> None:
-    refused = with_container(securityContext={"procMount": "Unmasked"})
-    assert [f for f, _ in policy(refused)] == ["spec.containers[0].securityContext.procMount"]
+    refused = with_container(securityContext={"windowsOptions": {"hostProcess": True}})
+    assert [f for f, _ in policy(refused)] == [
+        "spec.containers[0].securityContext.windowsOptions.hostProcess"
+    ]
+    unmasked = with_container(securityContext={"procMount": "Unmasked"})
+    assert check_pod(unmasked, "node") == [
+        (
+            "spec.containers[0].securityContext.procMount",
+            "`hostUsers` must be false to use `Unmasked`",
+        )
+    ]  # the API server's rule; hostUsers: false itself is refused (no user namespaces)
     assert [f for f, _ in policy(with_container(stdin=True))] == ["spec.containers[0].stdin"]
 
 
@@ -315,8 +342,12 @@ def test_a_non_default_value_of_a_defaulted_field_is_refused() -> None:
     [
         ({"hostUsers": False}, "a user namespace is asked for and none is created"),
         (
-            {"volumes": [{"name": "v", "emptyDir": {"medium": "Memory"}}]},
-            "the README lists emptyDir medium as refused; the volume would be on disk, not tmpfs",
+            {"volumes": [{"name": "v", "emptyDir": {"medium": "HugePages-2Mi"}}]},
+            "nodelet has no hugepages: the volume would be on disk, not on hugetlbfs",
+        ),
+        (
+            {"securityContext": {"supplementalGroupsPolicy": "Strict"}},
+            "Strict asks to leave out the image's groups; nodelet does not implement it",
         ),
     ],
 )
