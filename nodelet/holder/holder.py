@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodelet.holder import hooks, linux, procfs, protocol, spawn
+from nodelet.holder import hooks, linux, procfs, protocol, spawn, sysctl
 from nodelet.holder.crilog import StreamLog
 from nodelet.holder.journal import JournalWriter
 
@@ -444,11 +444,14 @@ def run_holder(
     hostname: str | None,
     own_net: bool,
     grace_seconds: float | None = None,
+    sysctls: list[list[str]] | None = None,
 ) -> None:
-    """Entry point in the freshly forked holder (already inside its namespaces)."""
+    """Entry point in the freshly forked holder (already inside its namespaces). A sysctl that
+    cannot be set ends the holder before it serves: the pod does not start without it."""
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     if hostname is not None:
         socket.sethostname(hostname)
     if own_net:
         linux.loopback_up()
+    sysctl.write_sysctls(sysctls or [])
     Holder(pod_dir, pod_uid, grace_seconds).serve()

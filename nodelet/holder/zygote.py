@@ -62,6 +62,7 @@ def _become_holder(request: protocol.SandboxRequest, report_w: int, channel: soc
                 request["hostname"] if request["uts"] else None,
                 request["net"],
                 request["grace_seconds"],
+                request.get("sysctls") or [],
             )
             code = 0
         except BaseException as err:
