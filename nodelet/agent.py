@@ -21,14 +21,17 @@ from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.logs import retention
-from nodelet.manifest import schemacache
+from nodelet.manifest import schemacache, warnings
+from nodelet.manifest.merge import MergedSources
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
+from nodelet.manifest.urlsource import URLSource
 from nodelet.model import Rejection, StaticPod
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
 from nodelet.pod.worker import WorkerContext, describe
 from nodelet.pod.workers import PodWorkers
+from nodelet.reasons import EVENT_WARNING
 from nodelet.runtime.api import KnownPod, Runtime
 from nodelet.server.local import (
     LocalServer,
@@ -47,6 +50,9 @@ class Agent:
         self.config = config
         self.runtime = runtime
         self.rejected: list[Rejection] = []
+        self.warnings: list[Rejection] = []
+        """Fields dropped from running pods (``manifestValidation: Warn``)."""
+        self._warning_events = warnings.WarningEvents()
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
@@ -62,13 +68,18 @@ class Agent:
         )
         self.pods = PodWorkers(self._ctx)
         self._summary = StatsSummary(config.node_name)
+        merged = MergedSources(
+            ["file", "http"] if config.manifest_url else ["file"], self._on_snapshot
+        )
         self.source = ManifestSource(
             config.pod_manifest_path,
             config.node_name,
-            self._on_snapshot,
+            merged.sink("file"),
             file_check_frequency=config.file_check_frequency,
             settle_seconds=config.settle_seconds,
+            manifest_validation=config.manifest_validation,
         )
+        self.url_source = url_source(config, merged)
         self.server = LocalServer(
             "127.0.0.1",
             config.healthz_port,
@@ -76,12 +87,14 @@ class Agent:
                 "/healthz": self._healthz,
                 "/pods": self._public_pods,
                 "/rejected": self._public_rejected,
+                "/warnings": lambda: (200, redacted_rejection_list(self.warnings)),
                 "/stats/summary": self._stats_summary,
             },
             private={
                 "/healthz": self._healthz,
                 "/pods": self._pods,
                 "/rejected": self._rejected,
+                "/warnings": lambda: (200, rejection_list(self.warnings)),
                 "/stats/summary": self._stats_summary,
             },
             socket_path=config.socket_path,
@@ -121,11 +134,14 @@ class Agent:
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
+        url_tasks = []
+        if self.url_source is not None:
+            url_tasks.append(asyncio.create_task(self.url_source.run(), name="manifest-url"))
         try:
             await self._stop.wait()
         finally:
             log.info("stopping; pods keep running")
-            for task in (source_task, gc_task):
+            for task in (source_task, gc_task, *url_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -173,13 +189,15 @@ class Agent:
     # -- status ------------------------------------------------------------------------
 
     def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
-        self.rejected = snapshot.rejected
+        self.rejected, self.warnings = warnings.split(snapshot.rejected)
         self.pods.apply(snapshot)
         for uid in set(self._phases) - set(self.pods.workers):
             del self._phases[uid]
         if self.cluster is not None:
             self.cluster.pods_changed(self.pods.desired.values(), self.pods.sources_ready)
-            self.cluster.rejected(snapshot.rejected)
+            self.cluster.rejected(self.rejected)
+            for pod, message in self._warning_events.new(snapshot):
+                self.cluster.pod_event(pod, EVENT_WARNING, warnings.MANIFEST_WARNING, message, "")
 
     def _on_status(self, pod_uid: str, status: dict[str, Any]) -> None:
         phase = status.get("phase", "")
@@ -240,6 +258,20 @@ class Agent:
 
     def _public_rejected(self) -> tuple[int, Any]:
         return 200, redacted_rejection_list(self.rejected)
+
+
+def url_source(config: AgentConfig, merged: MergedSources) -> URLSource | None:
+    """kubelet's HTTP source, when ``--manifest-url`` (``staticPodURL``) is set."""
+    if not config.manifest_url:
+        return None
+    return URLSource(
+        config.manifest_url,
+        config.manifest_url_headers,
+        config.node_name,
+        merged.sink("http"),
+        period=config.http_check_frequency,
+        manifest_validation=config.manifest_validation,
+    )
 
 
 def cluster_sync(config: AgentConfig) -> ClusterSync | None:

@@ -61,15 +61,17 @@ def add_run_arguments(sub: Any) -> None:
     )
     run.add_argument("--hostname-override", help="node name instead of the host name")
     run.add_argument("--node-ip", help="address reported as hostIP (default: default route's)")
-    run.add_argument(
+    run.add_argument(  # flag only (no config key), as in kubelet
         "--root-dir",
         type=Path,
-        help=f"persistent state: pod volumes (default: {AgentConfig.root_dir})",
+        default=AgentConfig.root_dir,
+        help="persistent state: pod volumes (default: %(default)s)",
     )
     run.add_argument(
         "--run-dir",
         type=Path,
-        help=f"runtime state: holders, sockets, exit journals (default: {AgentConfig.run_dir})",
+        default=AgentConfig.run_dir,
+        help="runtime state: holders, sockets, exit journals (default: %(default)s)",
     )
     run.add_argument(
         "--pod-logs-dir",

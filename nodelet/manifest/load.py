@@ -21,6 +21,7 @@ import math
 import os
 import re
 import stat
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -205,7 +206,9 @@ def _cut(quoted: str) -> str:
     return f"{quoted[0]}{inner[: schema.QUOTE_LIMIT]}{quoted[0]}... ({len(inner)} characters)"
 
 
-def _parse(data: bytes) -> dict[str, Any]:
+def parse_documents(data: bytes) -> list[Any]:
+    """The non-null YAML (or JSON) documents in ``data``, held to JSON's data model and the
+    limits above; ``ManifestParseError`` (with a reason fit to show) when it cannot be read."""
     if b"\0" in data:
         raise _InvalidError("binary file: contains NUL bytes")
     try:
@@ -227,7 +230,14 @@ def _parse(data: bytes) -> dict[str, Any]:
     finally:
         if loader is not None:
             loader.dispose()
-    documents = [d for d in documents if d is not None]
+    return [d for d in documents if d is not None]
+
+
+ManifestParseError = _InvalidError
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    documents = parse_documents(data)
     if not documents:
         raise _InvalidError("file is empty")
     if len(documents) > 1:
@@ -289,28 +299,107 @@ def internal_error(path: str, err: BaseException) -> Rejection:
     return Rejection(path, (ManifestError(path, "", reason),))
 
 
+STRICT, WARN = "Strict", "Warn"
+"""``manifestValidation`` modes: Strict refuses a manifest with an unknown field; Warn drops
+such fields and runs the pod, as kubelet (which decodes leniently) does, with a warning each."""
+
+DROPPED = "dropped (manifestValidation: Warn)"
+"""Ends the reason of every warning for a field dropped in Warn mode."""
+
+
+@dataclass(frozen=True)
+class ManifestWarnings(Rejection):
+    """Not a rejection: a manifest that runs, with the fields dropped from it (Warn mode).
+    A ``Rejection`` in shape, so it travels with the rejections, and each consumer that
+    tells them apart does so with ``isinstance``."""
+
+
 def load_manifest(path: str, node_name: str, seen: float | None = None) -> StaticPod | Rejection:
     """The pod in the file at ``path``, or why not. Never raises (see the module docstring)."""
+    return load_with_warnings(path, node_name, seen)[0]
+
+
+def load_with_warnings(
+    path: str, node_name: str, seen: float | None = None, validation: str = STRICT
+) -> tuple[StaticPod | Rejection, ManifestWarnings | None]:
+    """``load_manifest`` under a ``manifestValidation`` mode: in Warn mode a pod may come with
+    the fields dropped from it. Never raises."""
     shown = display_path(path)
     try:
-        return _load(path, shown, node_name, seen)
+        return _load(path, shown, node_name, seen, validation)
     except Exception as err:
         log.error("internal error while checking %s", shown, exc_info=True)
-        return internal_error(shown, err)
+        return internal_error(shown, err), None
 
 
-def _load(path: str, shown: str, node_name: str, seen: float | None) -> StaticPod | Rejection:
+def _load(
+    path: str, shown: str, node_name: str, seen: float | None, validation: str
+) -> tuple[StaticPod | Rejection, ManifestWarnings | None]:
     if why := _path_problem(path):
-        return _rejection(shown, [("", why)])
+        return _rejection(shown, [("", why)]), None
     try:
         raw = _parse(_read(path))
     except _InvalidError as err:
-        return _rejection(shown, [(err.field, err.reason)])
+        return _rejection(shown, [(err.field, err.reason)]), None
+    return check_and_default(raw, shown, node_name, validation, path, seen)
+
+
+def check_and_default(
+    raw: dict[str, Any],
+    shown: str,
+    node_name: str,
+    validation: str,
+    path: str,
+    seen: float | None = None,
+) -> tuple[StaticPod | Rejection, ManifestWarnings | None]:
+    """A parsed Pod object checked (Warn mode dropping unknown fields) and defaulted as a
+    static pod from the file ``path``."""
+    checked = check_lenient(raw, shown, node_name, validation)
+    if isinstance(checked, Rejection):
+        return checked, None
+    raw, warnings = checked
+    pod = defaults.apply_defaults(raw, node_name, path, seen)
+    meta = pod["metadata"]
+    return StaticPod(meta["uid"], meta["namespace"], meta["name"], path, pod), warnings
+
+
+def check_lenient(
+    raw: dict[str, Any], shown: str, node_name: str, validation: str
+) -> Rejection | tuple[dict[str, Any], ManifestWarnings | None]:
+    """The object to run (``raw``, or in Warn mode ``raw`` without its unknown fields, when
+    those were its only problems) and the warnings for what was dropped; else the rejection."""
     obj = defaults.drop_nulls(raw)
     name = obj["metadata"].get("name") if isinstance(obj.get("metadata"), dict) else None
     problems = check_pod(obj, node_name)
-    if problems:
+    if not problems:
+        return raw, None
+    unknown = [(f, r) for f, r in problems if r.startswith(UNKNOWN_FIELD)]
+    if validation != WARN or not unknown:
         return _rejection(shown, problems, name)
-    pod = defaults.apply_defaults(raw, node_name, path, seen)
-    meta = pod["metadata"]
-    return StaticPod(meta["uid"], meta["namespace"], meta["name"], path, pod)
+    pruned = _prune(raw, "V1Pod", schema.pod_models())
+    if check_pod(defaults.drop_nulls(pruned), node_name):
+        return _rejection(shown, problems, name)  # other problems: every one is shown
+    errors = tuple(ManifestError(shown, f, f"{r}; {DROPPED}") for f, r in unknown)
+    return pruned, ManifestWarnings(shown, errors, name)
+
+
+UNKNOWN_FIELD = "unknown field"
+"""How ``schema.check`` starts the reason for a key its model does not have."""
+
+
+def _prune(value: Any, kind: str, models: dict[str, dict[str, str]]) -> Any:
+    """A copy of ``value`` without the keys that ``schema.check`` reports as unknown fields
+    (the same walk: it does not look inside a field it does not know)."""
+    if isinstance(value, list) and kind.startswith("List["):
+        return [_prune(item, kind[5:-1], models) for item in value]
+    if isinstance(value, dict) and kind.startswith("Dict["):
+        inner = kind[5:-1].split(", ", 1)[1]
+        return {key: _prune(item, inner, models) for key, item in value.items()}
+    fields = models.get(kind)
+    if fields is None or not isinstance(value, dict):
+        return value
+    return {
+        key: _prune(item, fields[key], models) if key in fields else item
+        for key, item in value.items()
+        if not isinstance(key, str) or key in fields
+    }

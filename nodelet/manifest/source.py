@@ -47,7 +47,14 @@ from watchdog.observers import Observer
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from nodelet.manifest import snapshot
-from nodelet.manifest.load import display_path, internal_error, is_ignored, load_manifest
+from nodelet.manifest.load import (
+    STRICT,
+    ManifestWarnings,
+    display_path,
+    internal_error,
+    is_ignored,
+    load_with_warnings,
+)
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.writers import Writer, WriterScan
 from nodelet.model import ManifestError, Rejection, StaticPod
@@ -67,7 +74,6 @@ them as surely; a half that is never paired is a file moved in or out, read by t
 either way."""
 InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
 
-Loader = Callable[[str, str], StaticPod | Rejection]
 Result = StaticPod | Rejection
 
 
@@ -91,6 +97,8 @@ class _Outcome:
     """Seconds until it should be looked at again."""
     pending: Rejection | None = None
     """Why its latest content is not read yet (a writer holds it), to show in /rejected."""
+    warnings: ManifestWarnings | None = None
+    """The fields dropped from its pod (``manifestValidation: Warn``)."""
 
 
 class _Handler(FileSystemEventHandler):
@@ -116,14 +124,14 @@ class ManifestSource:
         *,
         file_check_frequency: float = 20.0,
         settle_seconds: float = 2.0,
-        loader: Loader = load_manifest,
+        manifest_validation: str = STRICT,
     ) -> None:
         self._dir = directory
         self._node = node_name
         self._emit = on_snapshot
         self._period = file_check_frequency
         self._settle = settle_seconds
-        self._load = loader
+        self._validation = manifest_validation
         self._wake = asyncio.Event()
         self._settle_timer: asyncio.TimerHandle | None = None
         """Wakes the loop when a file modified without a close settles (a write event alone
@@ -132,7 +140,7 @@ class ManifestSource:
         """Files modified with no close-after-write yet, and when that was last seen."""
         self._closed: set[str] = set()
         """Files whose writer finished (closed or renamed into place) since the last read."""
-        self._cache: dict[str, tuple[_FileKey, StaticPod | Rejection]] = {}
+        self._cache: dict[str, tuple[_FileKey, Result, ManifestWarnings | None]] = {}
         self._first_seen: dict[str, str] = {}
         self._observer: Any = None
         self._watched: tuple[str, int, int] | None = None
@@ -267,6 +275,8 @@ class ManifestSource:
                     results.append(outcome.result)  # the previous version stays in effect
             elif outcome.result is not None:
                 results.append(outcome.result)
+            if outcome.warnings is not None and isinstance(outcome.result, StaticPod):
+                results.append(outcome.warnings)
             if outcome.result is None:
                 complete = False
         for gone in set(self._cache) - set(names):
@@ -279,10 +289,11 @@ class ManifestSource:
         """The file's pod, reusing the cached parse while the file is unchanged or unsettled."""
         cached = self._cache.get(name)
         previous = cached[1] if cached else None
+        warned = cached[2] if cached else None
         written = self._writing.get(name)
         if written is not None:
             if now - written < self._settle:
-                return _Outcome(previous, self._settle - (now - written))
+                return _Outcome(previous, self._settle - (now - written), warnings=warned)
             del self._writing[name]
         path = self._dir / name
         try:
@@ -291,24 +302,34 @@ class ManifestSource:
         except OSError:
             key = None  # the loader turns a dangling link or a loop into a clear rejection
         if cached is not None and key is not None and cached[0] == key:
-            return _Outcome(previous)
+            return _Outcome(previous, warnings=warned)
         if key is not None and name not in self._closed:
             quiet = time.time() - st.st_mtime
             if 0 <= quiet < self._settle:
-                return _Outcome(previous, self._settle - quiet)
+                return _Outcome(previous, self._settle - quiet, warnings=warned)
             holders = await scan.writers(st.st_dev, st.st_ino)
             if holders:
-                return self._held(path, previous, holders)
+                return self._held(path, previous, holders, warned)
         self._closed.discard(name)
-        result = await asyncio.to_thread(self._load, str(path), self._node)
+        result, warnings = await asyncio.to_thread(
+            load_with_warnings, str(path), self._node, None, self._validation
+        )
         if key is not None:
-            self._cache[name] = (key, result)
+            self._cache[name] = (key, result, warnings)
         if isinstance(result, Rejection):
             for err in result.errors:
                 log.error("manifest rejected: %s", err)
-        return _Outcome(result)
+        for err in warnings.errors if warnings else ():
+            log.warning("manifest warning: %s", err)
+        return _Outcome(result, warnings=warnings)
 
-    def _held(self, path: Path, previous: Result | None, holders: list[Writer]) -> _Outcome:
+    def _held(
+        self,
+        path: Path,
+        previous: Result | None,
+        holders: list[Writer],
+        warned: ManifestWarnings | None,
+    ) -> _Outcome:
         """A file some process still writes: keep what it held before, say who holds it."""
         shown = display_path(str(path))
         who = ", ".join(f"pid {pid} ({comm})" for pid, comm in holders[:3])
@@ -316,7 +337,7 @@ class ManifestSource:
         reason = f"pending: held open for writing by {who}; read once closed ({kept})"
         log.info("manifest %s: %s", shown, reason)
         pending = Rejection(shown, (ManifestError(shown, "", reason),))
-        return _Outcome(previous, self._period, pending)
+        return _Outcome(previous, self._period, pending, warned)
 
     def _snapshot(self, results: list[Result], complete: bool) -> SourceSnapshot:
         return snapshot.build(results, complete, self._first_seen)
