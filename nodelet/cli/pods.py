@@ -92,6 +92,7 @@ def pods(args: argparse.Namespace) -> int:
     try:
         pods = client.get("/pods")
         rejected = client.get("/rejected")
+        warned = _warnings(client)
     except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
         print(f"nodelet pods: cannot reach the agent on {client.where()}: {err}", file=sys.stderr)
         return 1
@@ -103,7 +104,9 @@ def pods(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.output == "json":
-        print(json.dumps({"pods": pods, "rejected": rejected["items"]}, indent=2))
+        print(
+            json.dumps({"pods": pods, "rejected": rejected["items"], "warnings": warned}, indent=2)
+        )
         return 0
     wide = args.output == "wide"
     header = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "MIRROR"]
@@ -139,4 +142,21 @@ def pods(args: argparse.Namespace) -> int:
         print(f"\n{label} {item['path']}{pod}")
         for error in item["errors"]:
             print(f"  {error}")
+    for item in warned:
+        # manifestValidation: Warn ran the pod without these fields.
+        pod = f" (pod {item['podName']})" if item["podName"] else ""
+        print(f"\nWARNING {item['path']}{pod}: runs without the fields below")
+        for error in item["errors"]:
+            print(f"  {error}")
     return 0
+
+
+def _warnings(client: LocalAPIClient) -> list[Any]:
+    """``/warnings``' items; none from an older agent, which has no such route."""
+    try:
+        items: list[Any] = client.get("/warnings")["items"]
+    except OSError as err:
+        if "HTTP 404" in str(err) or getattr(err, "code", None) == 404:
+            return []
+        raise
+    return items
