@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
+from collections.abc import Awaitable
 from typing import Any
 
+from nodelet import reasons
 from nodelet.cgroups import driver as cgroups
 from nodelet.cgroups.driver import CgroupDriver
 from nodelet.cgroups.summary import StatsSummary
-from nodelet.cluster.mirrorplan import DISABLED
+from nodelet.cluster.mirrorplan import DISABLED, SYNCED
 from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
@@ -27,9 +30,14 @@ from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
 from nodelet.manifest.urlsource import URLSource
 from nodelet.model import Rejection, StaticPod
+from nodelet.ops import health, notify
+from nodelet.ops.health import Check, SyncLoopMonitor
+from nodelet.ops.instrumented import InstrumentedRuntime
+from nodelet.ops.metrics import AgentMetrics, AgentView, container_name
+from nodelet.ops.systemd import SystemdReporter
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
-from nodelet.pod.worker import WorkerContext, describe
+from nodelet.pod.worker import WorkerContext, WorkerState, describe
 from nodelet.pod.workers import PodWorkers
 from nodelet.reasons import EVENT_WARNING
 from nodelet.runtime.api import KnownPod, Runtime
@@ -57,14 +65,30 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self._phases: dict[str, str] = {}
         self.cluster = cluster_sync(config)
+        self._started = time.monotonic()
+        self._sync_monitor = SyncLoopMonitor(config.resync_seconds)
+        self.metrics = AgentMetrics(
+            AgentView(
+                node_name=config.node_name,
+                pods=self._pods_with_status,
+                rejected=lambda: self.rejected,
+                mirror_pods=self._mirror_pods,
+                sandboxes=lambda: self._measured.sandboxes(),  # noqa: PLW0108 (made below)
+                cgroups=lambda: self._ctx.cgroups,
+                api=lambda: self.cluster.caller if self.cluster is not None else None,
+            )
+        )
+        self._measured = InstrumentedRuntime(runtime, self.metrics.runtime_operation)
+        self.systemd = SystemdReporter(notify.environment(), self._status_line, self.health_checks)
         backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._backoff_store = BackoffStore(config.run_dir / BACKOFF_FILE, backoff)
         self._ctx = WorkerContext(
-            runtime=runtime,
+            runtime=self._measured,
             config=config,
             backoff=backoff,
             on_status=self._on_status,
             on_event=self._on_pod_event,
+            sync_hook=self._timed_sync,
         )
         self.pods = PodWorkers(self._ctx)
         self._summary = StatsSummary(config.node_name)
@@ -85,13 +109,17 @@ class Agent:
             config.healthz_port,
             public={
                 "/healthz": self._healthz,
+                **self._healthz_checks(),
+                "/metrics": self._metrics,
                 "/pods": self._public_pods,
                 "/rejected": self._public_rejected,
                 "/warnings": lambda: (200, redacted_rejection_list(self.warnings)),
                 "/stats/summary": self._stats_summary,
             },
             private={
-                "/healthz": self._healthz,
+                "/healthz": self._healthz_verbose,
+                **self._healthz_checks(),
+                "/metrics": self._metrics,
                 "/pods": self._pods,
                 "/rejected": self._rejected,
                 "/warnings": lambda: (200, rejection_list(self.warnings)),
@@ -134,6 +162,8 @@ class Agent:
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
+        watchdog = asyncio.create_task(self.systemd.heartbeat(), name="systemd-watchdog")
+        watchdog.add_done_callback(_log_failure)
         url_tasks = []
         if self.url_source is not None:
             url_tasks.append(asyncio.create_task(self.url_source.run(), name="manifest-url"))
@@ -141,7 +171,8 @@ class Agent:
             await self._stop.wait()
         finally:
             log.info("stopping; pods keep running")
-            for task in (source_task, gc_task, *url_tasks):
+            self.systemd.stopping()
+            for task in (source_task, gc_task, watchdog, *url_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -151,6 +182,7 @@ class Agent:
                 await self.cluster.close()
             await self.server.close()
             await self.runtime.close()
+            self.systemd.close()
 
     def _cgroups(self, known: list[KnownPod]) -> CgroupDriver | None:
         """The node's cgroup driver, and the cgroups of pods that are gone swept away (an
@@ -190,9 +222,15 @@ class Agent:
 
     def _on_snapshot(self, snapshot: SourceSnapshot) -> None:
         self.rejected, self.warnings = warnings.split(snapshot.rejected)
+        before = set(self.pods.desired)
         self.pods.apply(snapshot)
+        self.metrics.pods_applied(before, self.pods.desired.keys())
         for uid in set(self._phases) - set(self.pods.workers):
             del self._phases[uid]
+        self._sync_monitor.forget(self.pods.workers)
+        # READY=1 once the pods found at start are adopted (before the source ran) and the
+        # manifest dir was read completely.
+        self.systemd.sources_read(snapshot.complete)
         if self.cluster is not None:
             self.cluster.pods_changed(self.pods.desired.values(), self.pods.sources_ready)
             self.cluster.rejected(self.rejected)
@@ -207,6 +245,8 @@ class Agent:
             worker = self.pods.workers.get(pod_uid)
             name = describe(worker.pod) if worker else f"uid={pod_uid}"
             log.info("pod phase %s -> %s %s", before or "-", phase, name)
+            self.metrics.pod_phase(pod_uid, phase)
+            self.systemd.changed()
         worker = self.pods.workers.get(pod_uid)
         if self.cluster is not None and worker is not None and not worker.killing:
             self.cluster.pod_status(worker.pod, status)
@@ -215,6 +255,10 @@ class Agent:
         self, pod: StaticPod, type_: str, reason: str, message: str, field_path: str
     ) -> None:
         log.debug("event %s %s %s: %s", describe(pod), type_, reason, message)
+        error = None
+        if reason == reasons.FAILED_EVENT:
+            error = self._measured.take_start_error(pod.uid, container_name(field_path))
+        self.metrics.pod_event(reason, field_path, error)
         if self.cluster is not None:
             self.cluster.pod_event(pod, type_, reason, message, field_path)
 
@@ -225,13 +269,59 @@ class Agent:
     def _on_runtime_change(self, pod_uid: str) -> None:
         self.pods.poke(pod_uid)
 
+    async def _timed_sync(self, pod: StaticPod, sync: Awaitable[float | None]) -> float | None:
+        started = time.monotonic()
+        try:
+            return await self._sync_monitor.around(pod.uid, sync)
+        finally:
+            self.metrics.synced(pod, time.monotonic() - started)
+
+    # -- systemd and metrics ----------------------------------------------------------------
+
+    def health_checks(self) -> list[Check]:
+        """kubelet's healthz checks (``ping``, ``syncloop``) and the manifest source's."""
+        syncing = [u for u, w in self.pods.workers.items() if w.state is WorkerState.SYNCING]
+        return [
+            Check("ping"),
+            self._sync_monitor.check(syncing),
+            health.source_check(
+                self.source.last_relist, self._started, self.config.file_check_frequency
+            ),
+        ]
+
+    def _status_line(self, complete: bool) -> str:
+        """systemd's STATUS=: ``3 of 4 pods running, 1 rejected``."""
+        running = sum(1 for phase in self._phases.values() if phase == "Running")
+        desired = len(self.pods.desired)
+        line = f"{running} of {desired} pods running, {len(self.rejected)} rejected"
+        return line if complete else f"{line}; manifest dir not completely read yet"
+
+    def _pods_with_status(self) -> list[tuple[StaticPod, dict[str, Any] | None]]:
+        return [(pod, self.pods.status_of(uid)) for uid, pod in self.pods.desired.items()]
+
+    def _mirror_pods(self) -> int:
+        pods = self.pods.desired.values()
+        return sum(1 for pod in pods if self.mirror_state(pod) == SYNCED)
+
     # -- local API --------------------------------------------------------------------------
 
     def _healthz(self) -> tuple[int, Any]:
-        stale = time.monotonic() - self.source.last_relist
-        if self.source.last_relist and stale > 2 * self.config.file_check_frequency + 10:
-            return 500, f"manifest relist is stale: last {stale:.0f}s ago\n"
-        return 200, "ok"
+        return health.healthz(self.health_checks())
+
+    def _healthz_verbose(self) -> tuple[int, Any]:
+        """The root-only socket's /healthz also says why a check fails."""
+        return health.healthz(self.health_checks(), verbose=True)
+
+    def _healthz_checks(self) -> dict[str, Any]:
+        """``/healthz/<check>``, as kubelet serves each named check."""
+        checks = health.CHECK_NAMES
+        return {f"/healthz/{name}": functools.partial(self._one_check, name) for name in checks}
+
+    def _one_check(self, name: str) -> tuple[int, Any]:
+        return health.single(next(c for c in self.health_checks() if c.name == name))
+
+    def _metrics(self) -> tuple[int, Any]:
+        return 200, self.metrics.render()
 
     def pod_list(self) -> dict[str, Any]:
         """kubelet's /pods: every desired pod with its latest status."""
@@ -272,6 +362,11 @@ def url_source(config: AgentConfig, merged: MergedSources) -> URLSource | None:
         period=config.http_check_frequency,
         manifest_validation=config.manifest_validation,
     )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def cluster_sync(config: AgentConfig) -> ClusterSync | None:

@@ -1,0 +1,1 @@
+"""Operating the agent: systemd notify and watchdog, health checks, Prometheus metrics."""
