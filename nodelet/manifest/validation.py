@@ -296,14 +296,16 @@ def _empty_dir(empty_dir: Any, path: str, error: ErrorSink) -> None:
     limit = empty_dir.get("sizeLimit")
     if limit is None:
         return
+    negative = limit < 0 if isinstance(limit, int | float) else str(limit).startswith("-")
+    if negative:
+        error(f"{path}.sizeLimit", "SizeLimit field must be a valid resource quantity")
+        return
     try:
         size = parse_quantity(limit)
     except QuantityError as err:
         error(f"{path}.sizeLimit", str(err))
         return
-    if size < 0:
-        error(f"{path}.sizeLimit", "SizeLimit field must be a valid resource quantity")
-    elif size == 0:
+    if size == 0:
         error(f"{path}.sizeLimit", "must be greater than zero (a limit of 0 would be no limit)")
 
 

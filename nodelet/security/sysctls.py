@@ -45,8 +45,9 @@ _NAMESPACED_PREFIXES = {"kernel.shm": IPC, "kernel.msg": IPC, "fs.mqueue.": IPC,
 SEGMENT = "[a-z0-9]([-_a-z0-9]*[a-z0-9])?"
 NAME = re.compile(f"({SEGMENT}[./])*{SEGMENT}")
 """The API server's ``SysctlContainSlashFmt``: dots or slashes between segments."""
-PATTERN = re.compile(f"({SEGMENT}[./])*({SEGMENT}|\\*)")
-"""``--allowed-unsafe-sysctls`` entries: a name, or a prefix ending in ``*``."""
+PATTERN = re.compile(f"({SEGMENT}[./])*([a-z0-9][-_a-z0-9]*)?[a-z0-9*]")
+"""``--allowed-unsafe-sysctls`` entries (``SysctlContainSlashPatternFmt``): a name, or a prefix
+ending in ``*`` (``kernel.msg*``, ``net.*``)."""
 MAX_LENGTH = 253
 
 
