@@ -78,6 +78,12 @@ class AgentConfig:
     """``--manifest-url-header``: headers sent with every request to ``manifest_url``."""
     http_check_frequency: float = 20.0
     """Poll period of ``manifest_url`` (kubelet's ``httpCheckFrequency``)."""
+    container_log_max_size: int = 10 * 2**20
+    """Bytes a container log file may reach before the holder rotates it (kubelet's
+    ``containerLogMaxSize``, 10Mi)."""
+    container_log_max_files: int = 5
+    """Log files kept per container, the current one included (``containerLogMaxFiles``);
+    older rotated ones are removed, all but the newest rotated one gzipped."""
 
     @property
     def seccomp_dir(self) -> Path:

@@ -97,6 +97,9 @@ class ContainerSpec(TypedDict):
     read_only_root: NotRequired[bool]
     masked_paths: NotRequired[list[str]]
     readonly_paths: NotRequired[list[str]]
+    log_max_bytes: NotRequired[int]
+    """Rotate the log file before it would grow past this many bytes (kubelet's
+    ``containerLogMaxSize``); absent: never rotated. An older holder ignores it."""
 
 
 SECURITY_KEYS = ("capabilities", "seccomp_bpf", "read_only_root", "masked_paths", "readonly_paths")

@@ -101,6 +101,8 @@ class ContainerConfig:
     dirs), runc's list unless privileged or ``procMount: Unmasked``."""
     readonly_paths: tuple[str, ...] = ()
     """Paths bound read-only over themselves (``/proc/sys``, ``/proc/sysrq-trigger`` ...)."""
+    log_max_bytes: int | None = None
+    """The holder rotates the log before it would exceed this size (``containerLogMaxSize``)."""
 
 
 @dataclass(frozen=True)

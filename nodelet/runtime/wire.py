@@ -53,6 +53,8 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         spec["masked_paths"] = list(config.masked_paths)
     if config.readonly_paths:
         spec["readonly_paths"] = list(config.readonly_paths)
+    if config.log_max_bytes:
+        spec["log_max_bytes"] = config.log_max_bytes
     return spec
 
 
