@@ -149,6 +149,27 @@ def add_run_arguments(sub: Any) -> None:
         metavar="BOOL",
         help="RuntimeDefault seccomp for containers that name no profile (default: false)",
     )
+    run.add_argument(
+        "--container-log-max-size",
+        type=log_max_size,
+        metavar="QUANTITY",
+        help="size a container log file may reach before it is rotated "
+        f"(default: {AgentConfig.container_log_max_size >> 20}Mi)",
+    )
+    run.add_argument(
+        "--container-log-max-files",
+        type=log_max_files,
+        metavar="N",
+        help="log files kept per container, the current one included, at least 2 "
+        f"(default: {AgentConfig.container_log_max_files})",
+    )
+    run.add_argument(
+        "--log-format",
+        "--logging-format",
+        choices=("text", "json"),
+        default="text",
+        help="the agent's own log: text, or json (one object per line) (default: %(default)s)",
+    )
     api = run.add_argument_group("API server (kubelet's flags; without --kubeconfig: standalone)")
     api.add_argument(
         "--kubeconfig",
@@ -212,6 +233,30 @@ def node_labels(text: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def log_max_size(text: str) -> int:
+    """kubelet's ``--container-log-max-size``: a quantity (``10Mi``), at least 1 byte."""
+    from nodelet.cgroups.quantity import QuantityError, bytes_of
+
+    try:
+        size = bytes_of(text.strip())
+    except (QuantityError, ValueError):
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (a quantity such as 10Mi)")
+    return size
+
+
+def log_max_files(text: str) -> int:
+    """kubelet's ``--container-log-max-files``: the current file and at least one rotated."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 2:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be greater than 1")
+    return count
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -242,6 +287,8 @@ _FLAG_FIELDS = {
     "seccomp_default": "seccomp_default",
     "manifest_url": "manifest_url",
     "manifest_validation": "manifest_validation",
+    "container_log_max_size": "container_log_max_size",
+    "container_log_max_files": "container_log_max_files",
 }
 """Flag dest -> AgentConfig field, for flags whose value is taken as it is."""
 _FLAG_PATHS = {
@@ -302,13 +349,11 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.cluster.sync import KubeconfigError
     from nodelet.config import UnsafeDirError
     from nodelet.configfile import ConfigFileError, print_config
+    from nodelet.logs import agentlog
     from nodelet.runtime.process import ProcessRuntime
     from nodelet.util import nodeinfo
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    agentlog.configure(args.log_format, args.verbose)
     try:
         config, warnings = build_config(
             args, nodeinfo.node_name(args.hostname_override), nodeinfo.node_ip(args.node_ip)
