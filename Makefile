@@ -4,6 +4,7 @@
 #   make run     run the agent in the foreground on ./static-pods
 #   make test    every test tier (unit, system, e2e); most need root
 #   make envtest  etcd, kubectl and a kube-apiserver built from Debian's source, for the e2e tier
+#   make install  nodelet as a systemd service: venv in /opt/nodelet, unit, /etc/default/nodelet
 #   make demo-control-plane  etcd + kube-apiserver as static pods of nodelet, in the background
 #   make demo-control-plane-stop  stop that demo's agent and pods (by pid)
 #   make lint    ruff check, ruff format --check, mypy, import-linter layer contracts
@@ -27,8 +28,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the agent and its tests use: ip, ps, mount tools, and Debian's own python3
-# (/usr/bin/python3), which the bundled pods and the test containers run on the host image.
-APT_PACKAGES ?= iproute2 procps util-linux python3
+# (/usr/bin/python3), which the bundled pods and the test containers run on the host image;
+# python3-venv for `make install`'s venv; systemd for `systemd-analyze verify` of the unit.
+APT_PACKAGES ?= iproute2 procps util-linux python3 python3-venv systemd
 
 POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
 NODELET_ARGS ?=
@@ -123,6 +125,42 @@ demo-control-plane: deps
 
 demo-control-plane-stop: deps
 	$(DEMO_PY) stop
+
+# nodelet as a systemd service (README, "Install as a systemd service"). Debian 12's python3 is
+# externally managed (PEP 668): pip may not write to its site-packages, so nodelet and its
+# dependencies go into a venv of their own, NODELET_HOME, with $(PREFIX)/bin/nodelet a link to it;
+# the unit goes to SYSTEMD_UNIT_DIR (its ExecStart set to that link), and /etc/default/nodelet
+# is written only when missing (it is the admin's). Re-running it upgrades nodelet in place; then
+# `systemctl restart nodelet` replaces the agent, never the pods. DESTDIR stages it all under
+# another root (packaging): the venv's scripts are rewritten to their final path. PIP_INSTALL_ARGS:
+# extra pip flags (e.g. --no-index --find-links DIR on a node without a registry). The venv is
+# made by Debian's own python3 (INSTALL_PYTHON), which apt keeps patched, not by whatever python3
+# comes first in PATH.
+INSTALL_PYTHON ?= /usr/bin/python3
+PREFIX ?= /usr/local
+NODELET_HOME ?= /opt/nodelet
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+PIP_INSTALL_ARGS ?=
+STAGED_HOME := $(DESTDIR)$(NODELET_HOME)
+
+.PHONY: install
+install: | system-deps
+	install -d $(STAGED_HOME) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_UNIT_DIR) \
+		$(DESTDIR)/etc/default $(DESTDIR)/etc/kubernetes/manifests
+	[ -x $(STAGED_HOME)/bin/python ] || $(INSTALL_PYTHON) -m venv $(STAGED_HOME)
+	$(STAGED_HOME)/bin/python -m pip install --quiet --upgrade $(PIP_INSTALL_ARGS) .
+	@if [ -n "$(DESTDIR)" ]; then \
+		find $(STAGED_HOME)/bin $(STAGED_HOME)/pyvenv.cfg -maxdepth 1 -type f \
+			-exec grep -lI -F '$(STAGED_HOME)' {} + \
+			| xargs -r sed -i 's|$(STAGED_HOME)|$(NODELET_HOME)|g'; \
+	fi
+	ln -sfn $(NODELET_HOME)/bin/nodelet $(DESTDIR)$(PREFIX)/bin/nodelet
+	sed 's|^ExecStart=/usr/local/bin/nodelet |ExecStart=$(PREFIX)/bin/nodelet |' \
+		systemd/nodelet.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/nodelet.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/nodelet.service
+	[ -e $(DESTDIR)/etc/default/nodelet ] \
+		|| install -m 0644 systemd/nodelet.default $(DESTDIR)/etc/default/nodelet
+	@[ -n "$(DESTDIR)" ] || echo "make install: now systemctl daemon-reload && systemctl enable --now nodelet"
 
 # Runs all three checks and fails if any did, so one run shows every finding.
 lint: deps
