@@ -80,18 +80,20 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = base / "agent.log"
 
-    def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "nodelet", "run",
-            "--pod-manifest-path", str(self.manifests),
-            "--hostname-override", NODE,
-            "--node-ip", "127.0.0.1",
-            "--root-dir", str(self.root),
-            "--run-dir", str(self.run_dir),
-            "--pod-logs-dir", str(self.logs),
-            "--healthz-port", str(self.port),
-            *self.extra_args,
-        ]  # fmt: skip
+    def start(self, omit: tuple[str, ...] = ()) -> None:
+        """Start ``nodelet run``; ``omit`` names flags (``--healthz-port``) left out, for a
+        test whose ``--config`` file sets them instead."""
+        base = {
+            "--pod-manifest-path": str(self.manifests),
+            "--hostname-override": NODE,
+            "--node-ip": "127.0.0.1",
+            "--root-dir": str(self.root),
+            "--run-dir": str(self.run_dir),
+            "--pod-logs-dir": str(self.logs),
+            "--healthz-port": str(self.port),
+        }
+        flags = [part for flag, value in base.items() if flag not in omit for part in (flag, value)]
+        cmd = [sys.executable, "-m", "nodelet", "run", *flags, *self.extra_args]
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         wait_for(self.healthy, 20, "agent /healthz")
