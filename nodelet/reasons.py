@@ -58,6 +58,8 @@ CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
 
 # Pod reasons.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+EVICTED = "Evicted"
+"""kubelet's eviction manager: here, an emptyDir past its sizeLimit."""
 
 # Pod condition reasons.
 POD_COMPLETED = "PodCompleted"

@@ -16,6 +16,11 @@ from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
 from nodelet.pod.hooks import HookError, handler_spec, stop_signal
 from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
+from nodelet.security import paths, seccomp
+from nodelet.security.capabilities import CapabilityError, name_of
+from nodelet.security.context import container_security
+from nodelet.security.identity import IdentityError
+from nodelet.security.sysctls import sandbox_sysctls
 from nodelet.util import safepath
 
 HOST_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -30,6 +35,21 @@ class ContainerConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class NodeSecurity:
+    """What the node adds to every container's securityContext."""
+
+    node_caps: frozenset[int] = frozenset()
+    """The agent's own effective capabilities: what ``add: [ALL]`` grants (containerd's rule)."""
+    passwd: str = ""
+    group: str = ""
+    """The ``host`` image's ``/etc/passwd`` and ``/etc/group``: a user's groups and primary gid."""
+    seccomp_dir: Path = Path("/var/lib/nodelet/seccomp")
+    """Where ``Localhost`` seccomp profiles live."""
+    seccomp_default: bool = False
+    """``--seccomp-default``: RuntimeDefault for containers that name no profile."""
+
+
+@dataclass(frozen=True)
 class PodContext:
     """Per-pod facts every container of the pod needs."""
 
@@ -39,6 +59,7 @@ class PodContext:
     pod_ip: str
     pod_logs_dir: Path
     volume_paths: Mapping[str, str]
+    security: NodeSecurity = NodeSecurity()
 
 
 def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
@@ -62,6 +83,7 @@ def sandbox_config(pod: StaticPod, node_hostname: str) -> SandboxConfig:
         host_ipc=pod.host_ipc,
         share_process_namespace=pod.share_process_namespace,
         grace_seconds=pod.grace_seconds,
+        sysctls=sandbox_sysctls(pod.spec),
     )
 
 
@@ -108,17 +130,6 @@ def build_env(ctx: PodContext, container: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
-def identity(
-    pod_spec: Mapping[str, Any], container: Mapping[str, Any]
-) -> tuple[int | None, int | None, bool]:
-    pod_sc = pod_spec.get("securityContext") or {}
-    sc = container.get("securityContext") or {}
-    user = sc.get("runAsUser", pod_sc.get("runAsUser"))
-    group = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
-    non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot", False))
-    return user, group, bool(non_root)
-
-
 def build_container_config(
     ctx: PodContext, container: Mapping[str, Any], attempt: int
 ) -> ContainerConfig:
@@ -133,19 +144,37 @@ def build_container_config(
             f'container "{name}": no command: image {container.get("image")!r} runs on the host '
             "filesystem, which has no entrypoint"
         )
-    user, group, non_root = identity(ctx.pod.spec, container)
-    if non_root and not user:
-        raise ContainerConfigError(
-            f'container "{name}": container has runAsNonRoot and image will run as root'
+    node = ctx.security
+    try:
+        security = container_security(
+            ctx.pod, container, node_caps=node.node_caps, passwd=node.passwd, group=node.group
         )
-    mounts = []
-    for mount in container.get("volumeMounts") or []:
-        source = ctx.volume_paths.get(mount["name"])
-        if source is None:
-            raise ContainerConfigError(f'container "{name}": volume "{mount["name"]}" is not ready')
-        mounts.append(Mount(source, mount["mountPath"], bool(mount.get("readOnly", False))))
+    except IdentityError as err:
+        raise ContainerConfigError(str(err)) from None  # kubelet's whole text names the pod
+    except CapabilityError as err:
+        raise ContainerConfigError(
+            f'container "{name}": securityContext.capabilities: {err}'
+        ) from None
+    user, group = security.run_as_user, security.run_as_group
     sc = container.get("securityContext") or {}
     pod_sc = ctx.pod.spec.get("securityContext") or {}
+    # containerd picks the capability-dependent syscalls by the bounding set.
+    caps = security.capabilities
+    try:
+        seccomp_filter = seccomp.filter_for(
+            sc.get("seccompProfile"),
+            {name_of(c) for c in caps.bounding} if caps is not None else set(),
+            security.privileged,
+            node.seccomp_dir,
+            pod_profile=pod_sc.get("seccompProfile"),
+            seccomp_default=node.seccomp_default,
+        )
+    except seccomp.SeccompError as err:
+        raise ContainerConfigError(f'container "{name}": {err}') from None
+    masked, readonly = paths.masked_and_readonly(
+        security.privileged, sc.get("procMount") or "Default"
+    )
+    mounts = [_mount(ctx, name, mount, env) for mount in container.get("volumeMounts") or []]
     lifecycle = container.get("lifecycle") or {}
     try:
         pre_stop = None
@@ -164,9 +193,42 @@ def build_container_config(
         mounts=mounts,
         run_as_user=user,
         run_as_group=group,
-        supplemental_groups=list(pod_sc.get("supplementalGroups") or []),
-        no_new_privileges=sc.get("allowPrivilegeEscalation") is False,
+        supplemental_groups=list(security.supplemental_groups),
+        no_new_privileges=security.no_new_privileges,
         own_pid_namespace=not (ctx.pod.host_pid or ctx.pod.share_process_namespace),
         pre_stop=pre_stop,
         stop_signal=signal_number,
+        capabilities=caps,
+        seccomp_filter=seccomp_filter,
+        privileged=security.privileged,
+        read_only_root=security.read_only_root,
+        masked_paths=masked,
+        readonly_paths=readonly,
+    )
+
+
+def _mount(ctx: PodContext, name: str, mount: Mapping[str, Any], env: Mapping[str, str]) -> Mount:
+    """A volumeMount as the holder binds it: subPathExpr expanded with the container's env (as
+    kubelet does), the path itself resolved by the holder beneath the volume."""
+    source = ctx.volume_paths.get(mount["name"])
+    if source is None:
+        raise ContainerConfigError(f'container "{name}": volume "{mount["name"]}" is not ready')
+    sub_path = mount.get("subPath") or None
+    if mount.get("subPathExpr"):
+        sub_path = expand(mount["subPathExpr"], dict(env))
+        if not sub_path or sub_path.startswith("/") or ".." in sub_path.split("/"):
+            raise ContainerConfigError(
+                f'container "{name}": subPathExpr {mount["subPathExpr"]!r} expands to '
+                f"{sub_path!r}, which is not a relative path inside the volume"
+            )
+    try:
+        propagation = paths.propagation_of(mount.get("mountPropagation"))
+    except ValueError as err:
+        raise ContainerConfigError(f'container "{name}": {err}') from None
+    return Mount(
+        source,
+        mount["mountPath"],
+        bool(mount.get("readOnly", False)),
+        sub_path=sub_path,
+        propagation=propagation,
     )

@@ -39,24 +39,33 @@ from nodelet.pod.actions import (
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.containerprep import (
     ContainerConfigError,
+    NodeSecurity,
     PodContext,
     build_container_config,
     container_log_path,
-    identity,
     pod_hostname,
     pod_log_dir,
     sandbox_config,
 )
 from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
-from nodelet.pod.volumes import VolumeError, prepare_volumes, remove_pod_volumes
+from nodelet.pod.volumes import (
+    VolumeError,
+    empty_dir_overuse,
+    prepare_volumes,
+    remove_pod_volumes,
+)
 from nodelet.probe.result import Outcome
 from nodelet.runtime.api import (
+    ContainerConfig,
     ContainerRecord,
     ContainerStartError,
     Runtime,
     SandboxStatus,
 )
+from nodelet.security.capabilities import status_capabilities
+from nodelet.security.lsm import lsm_refusal
+from nodelet.security.sysctls import check_sysctls
 from nodelet.util import safepath
 from nodelet.util.aio import wait_event
 from nodelet.util.timefmt import parse_rfc3339
@@ -66,9 +75,59 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_ERROR_SECONDS = 1.0
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 
+VOLUME_REMOVAL_ATTEMPTS = 3
+"""A tmpfs still busy is retried; what is left after that is swept at the next agent start."""
+USAGE_CHECK_SECONDS = 10.0
+"""How often emptyDir usage is measured against ``sizeLimit`` (kubelet's eviction interval)."""
+SYSCTL_FORBIDDEN = "SysctlForbidden"
+APPARMOR_REFUSED = "AppArmor"
+
+
+def _sysctl_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
+    """kubelet's sysctl admission (``pkg/kubelet/sysctl``): reason SysctlForbidden."""
+    context = pod.spec.get("securityContext") or {}
+    errors = check_sysctls(
+        context.get("sysctls"), pod.host_network, pod.host_ipc, config.allowed_unsafe_sysctls
+    )
+    return (SYSCTL_FORBIDDEN, "; ".join(errors)) if errors else None
+
+
+def _lsm_refusal(pod: StaticPod, _config: AgentConfig) -> tuple[str, str] | None:
+    """kubelet's AppArmor admission, and SELinux options this node cannot apply."""
+    message = lsm_refusal(pod.manifest)
+    return (APPARMOR_REFUSED if "AppArmor" in message else "SELinux", message) if message else None
+
+
 AdmissionCheck = Callable[[StaticPod, AgentConfig], "tuple[str, str] | None"]
-ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = ()
+ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (_sysctl_refusal, _lsm_refusal)
 """Each returns (reason, message) when the node must refuse the pod, else None."""
+
+
+@functools.cache
+def _node_caps() -> frozenset[int]:
+    """The agent's own effective capabilities (they do not change while it runs)."""
+    return status_capabilities(Path("/proc/self/status").read_text())
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def node_security(config: AgentConfig) -> NodeSecurity:
+    """The node's part of every container's security; passwd and group are read at each start,
+    as containerd reads the image's."""
+    return NodeSecurity(
+        node_caps=_node_caps(),
+        passwd=_read_text("/etc/passwd"),
+        group=_read_text("/etc/group"),
+        seccomp_dir=config.seccomp_dir,
+        seccomp_default=config.seccomp_default,
+    )
+
+
 FALLBACK_TO_LOGS = "FallbackToLogsOnError"
 
 
@@ -189,7 +248,12 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
+        self._configs: dict[str, ContainerConfig] = {}
+        """The last config each container was started with (its user for exec probes)."""
         self._terminal_failure: tuple[str, str] | None = None
+        self._terminal_grace: float | None = None
+        """The grace period of that stop: the pod's own unless an eviction says 0."""
+        self._next_usage_check = 0.0
         """(reason, message) once the pod failed for good: past its active deadline, or refused
         at admission; it is stopped, reported Failed and never started again."""
         self._exit_reasons: dict[tuple[str, int], str] = {}
@@ -283,6 +347,8 @@ class PodWorker:
         deadline_at = self._active_deadline(sandbox)
         if self._terminal_failure is None and sandbox is None:
             self._terminal_failure = self._admission_refusal()
+        if self._terminal_failure is None and sandbox is not None:
+            await self._check_local_storage()
         if self._terminal_failure is not None:
             await self._end_failed(sandbox, *self._terminal_failure)
             return None
@@ -345,7 +411,9 @@ class PodWorker:
     def _probe_target(
         self, sandbox: SandboxStatus | None, record: ContainerRecord, container: Mapping[str, Any]
     ) -> ProbeTarget:
-        user, group, _ = identity(self.pod.spec, container)
+        started = self._configs.get(container["name"])
+        user = started.run_as_user if started is not None else None
+        group = started.run_as_group if started is not None else None
         holder = sandbox.holder_pid if sandbox is not None else None
         netns = None if self.pod.host_network or holder is None else f"/proc/{holder}/ns/net"
         node_ip = self._ctx.config.node_ip
@@ -399,6 +467,30 @@ class PodWorker:
             self._event(reasons.EVENT_WARNING, reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
         return deadline_at
 
+    async def _check_local_storage(self) -> None:
+        """kubelet's eviction manager for emptyDir ``sizeLimit`` (every ``USAGE_CHECK_SECONDS``):
+        a pod whose disk emptyDir grew past its limit is killed at once and reported Failed,
+        reason Evicted."""
+        now = time.monotonic()
+        if not self._size_limited or now < self._next_usage_check:
+            return
+        self._next_usage_check = now + USAGE_CHECK_SECONDS
+        config = self._ctx.config
+        message = await asyncio.to_thread(
+            empty_dir_overuse, config.pods_state_dir, self.uid, self.pod.spec
+        )
+        if message:
+            log.warning("evicting %s: %s", describe(self.pod), message)
+            self._event(reasons.EVENT_WARNING, reasons.EVICTED, message)
+            self._terminal_failure = (reasons.EVICTED, message)
+            self._terminal_grace = 0.0
+
+    @functools.cached_property
+    def _size_limited(self) -> bool:
+        return any(
+            (v.get("emptyDir") or {}).get("sizeLimit") for v in self.pod.spec.get("volumes") or []
+        )
+
     def _admission_refusal(self) -> tuple[str, str] | None:
         """kubelet's admission: what the node cannot honour (a forbidden sysctl, an LSM profile
         it lacks) fails the pod before anything of it runs."""
@@ -417,7 +509,10 @@ class PodWorker:
         if sandbox is not None and sandbox.ready:
             log.info("pod failed (%s) %s", reason, describe(self.pod))
             self._probes.stop()
-            await self._ctx.runtime.stop_sandbox(self.uid, self.pod.grace_seconds)
+            grace = self._terminal_grace
+            await self._ctx.runtime.stop_sandbox(
+                self.uid, self.pod.grace_seconds if grace is None else grace
+            )
             sandbox = await self._ctx.runtime.pod_status(self.uid)
         actions = PodActions(terminal_phase="Failed")
         self._report(sandbox, actions)
@@ -488,10 +583,17 @@ class PodWorker:
             driver.create_container, self.uid, self._qos, start.name, limits
         )
 
+    async def _prepare_volumes(self) -> None:
+        """Once per worker: mounts (tmpfs) and ownership walks (fsGroup) block, so a thread."""
+        if self._volume_paths is None:
+            pod, config = self.pod, self._ctx.config
+            self._volume_paths = await asyncio.to_thread(
+                prepare_volumes, config.pods_state_dir, pod.uid, pod.spec, pod=pod
+            )
+
     def _pod_context(self, sandbox: SandboxStatus | None) -> PodContext:
         pod, config = self.pod, self._ctx.config
-        if self._volume_paths is None:
-            self._volume_paths = prepare_volumes(config.pods_state_dir, pod.uid, pod.spec)
+        assert self._volume_paths is not None, "volumes are prepared before any container"
         return PodContext(
             pod=pod,
             hostname=pod_hostname(pod, self._ctx.node_hostname),
@@ -499,6 +601,7 @@ class PodWorker:
             pod_ip=pod.ip(config.node_ip, sandbox.pod_ip if sandbox else None),
             pod_logs_dir=config.pod_logs_dir,
             volume_paths=self._volume_paths,
+            security=node_security(config),
         )
 
     def _container_spec(self, start: StartAction) -> dict[str, Any]:
@@ -510,9 +613,15 @@ class PodWorker:
         if start.restart_of is not None:  # a restart opens or doubles the window
             self._ctx.backoff.next(backoff_key(self.uid, start.name), start.restart_of, now)
         try:
-            config = build_container_config(
-                self._pod_context(sandbox), self._container_spec(start), start.attempt
+            await self._prepare_volumes()
+            # In a thread: a seccomp profile not compiled before takes ~13 ms to compile.
+            config = await asyncio.to_thread(
+                build_container_config,
+                self._pod_context(sandbox),
+                self._container_spec(start),
+                start.attempt,
             )
+            self._configs[start.name] = config
             config = dataclasses.replace(config, cgroup_procs=await self._container_cgroup(start))
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
             record = await self._ctx.runtime.start_container(self.uid, config)
@@ -643,9 +752,16 @@ class PodWorker:
                 await asyncio.to_thread(self._ctx.cgroups.remove_pod, pod.uid, self._qos)
             except (OSError, ValueError) as err:
                 log.error("cannot remove the cgroups of %s: %s", describe(pod), err)
-        try:
-            await asyncio.to_thread(remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid)
-        except (OSError, safepath.UnsafePathError) as err:
-            log.error("cannot remove the volumes of %s: %s", describe(pod), err)
+        for attempt in range(VOLUME_REMOVAL_ATTEMPTS):
+            try:
+                await asyncio.to_thread(
+                    remove_pod_volumes, self._ctx.config.pods_state_dir, pod.uid
+                )
+                break
+            except (OSError, safepath.UnsafePathError) as err:
+                if attempt + 1 == VOLUME_REMOVAL_ATTEMPTS:
+                    log.error("cannot remove the volumes of %s: %s", describe(pod), err)
+                else:
+                    await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
         self._ctx.backoff.forget_prefix(f"{pod.uid}/")
         log.info("pod removed %s", describe(pod))

@@ -79,8 +79,12 @@ def test_identity_mounts_and_privileges() -> None:
     }
     config = build_container_config(ctx(pod), container, 0)
     assert (config.run_as_user, config.run_as_group) == (2000, 1000)
-    assert config.supplemental_groups == [5, 6]
+    # containerd's additional gids: the primary gid too, then supplementalGroups, sorted.
+    assert config.supplemental_groups == [5, 6, 1000]
     assert config.no_new_privileges is True
+    assert config.capabilities is not None and len(config.capabilities.bounding) == 14
+    assert config.seccomp_filter is None  # Unconfined unless asked (kubelet's default)
+    assert "/proc/kcore" in config.masked_paths and "/proc/sys" in config.readonly_paths
     assert [(m.source, m.target, m.read_only) for m in config.mounts] == [
         ("/var/lib/x/data", "/data", True)
     ]
@@ -102,3 +106,54 @@ def test_hostname_rules() -> None:
     assert pod_hostname(make_pod(hostname="custom"), "node1") == "custom"
     assert pod_hostname(make_pod(hostNetwork=True), "node1") == "node1"
     assert pod_hostname(make_pod(hostname="a" * 62 + "-b"), "n") == "a" * 62
+
+
+def test_privileged_keeps_the_node_view() -> None:
+    container = {"name": "app", "command": ["true"], "securityContext": {"privileged": True}}
+    config = build_container_config(ctx(make_pod()), container, 0)
+    assert config.privileged and config.capabilities is None
+    assert config.masked_paths == () and config.readonly_paths == ()
+
+
+def test_runtime_default_seccomp_and_read_only_root_reach_the_config() -> None:
+    pod = make_pod(securityContext={"seccompProfile": {"type": "RuntimeDefault"}})
+    container = {
+        "name": "app",
+        "command": ["true"],
+        "securityContext": {"readOnlyRootFilesystem": True, "procMount": "Unmasked"},
+    }
+    config = build_container_config(ctx(pod), container, 0)
+    assert config.seccomp_filter and len(config.seccomp_filter) % 8 == 0
+    assert config.read_only_root is True
+    assert config.masked_paths == ()
+    unconfined = {**container, "securityContext": {"seccompProfile": {"type": "Unconfined"}}}
+    assert build_container_config(ctx(pod), unconfined, 0).seccomp_filter is None
+
+
+def test_sub_path_expr_and_propagation() -> None:
+    container = {
+        "name": "app",
+        "command": ["true"],
+        "env": [{"name": "POD", "valueFrom": field("metadata.name")}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/a", "subPathExpr": "logs/$(POD)",
+             "mountPropagation": "HostToContainer"},
+            {"name": "data", "mountPath": "/b", "subPath": "x"},
+        ],
+    }  # fmt: skip
+    config = build_container_config(ctx(make_pod()), container, 0)
+    assert [(m.sub_path, m.propagation) for m in config.mounts] == [
+        ("logs/web-n1", "rslave"),
+        ("x", "private"),
+    ]
+    escape = {**container, "volumeMounts": [{"name": "data", "mountPath": "/a",
+                                             "subPathExpr": "$(POD)/../../etc"}]}  # fmt: skip
+    with pytest.raises(ContainerConfigError, match="not a relative path"):
+        build_container_config(ctx(make_pod()), escape, 0)
+
+
+def test_run_as_non_root_with_uid_0_is_refused_with_kubelets_text() -> None:
+    container = {"name": "app", "command": ["true"],
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 0}}  # fmt: skip
+    with pytest.raises(ContainerConfigError, match="runAsUser breaks non-root policy"):
+        build_container_config(ctx(make_pod()), container, 0)
