@@ -8,41 +8,36 @@ another host ends the probe with a success and a warning; at most 10 KiB of body
 timeout covers the whole exchange. Failures carry Go's error text, as kubelet's do.
 
 The connection is made from the pod's network namespace, with a small HTTP/1.1 client written
-here: asyncio streams over a socket from :func:`~nodelet.probe.netns.socket_in_netns`.
+here for the one request a probe makes (:mod:`~nodelet.probe.conn` drives the socket,
+:mod:`~nodelet.probe.httpresponse` reads the answer). The request of a probe is built once and
+kept: the same few probes run every period, and building it cost more than sending it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
+import functools
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nodelet.cluster.nodeobject import KUBELET_COMPAT_VERSION
+from nodelet.probe.conn import Conn, TlsConn
+from nodelet.probe.httpresponse import BodyError, ProtocolError, ResponseReader
 from nodelet.probe.result import Outcome, ProbeResult
-from nodelet.probe.tcp import DialError, dial, join_host_port
+from nodelet.probe.tcp import DialError, connect, dial_timeout_error, join_host_port
 
 MAX_BODY = 10 * 1024
 """kubelet's ``maxRespBodyLength``: the rest of a longer body is never read."""
 MAX_REDIRECTS = 10
 """Go's client default, which kubelet's redirect checker keeps."""
-_MAX_HEADER_LINES = 1000
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SENSITIVE = ("Authorization", "Www-Authenticate", "Cookie", "Cookie2")
 """Headers Go drops when a redirect goes to another host:port."""
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 USER_AGENT = "kube-probe/" + ".".join(KUBELET_COMPAT_VERSION.lstrip("v").split(".")[:2])
-
-
-class _ProtocolError(Exception):
-    """The server's answer is not HTTP/1.x; ``str()`` is the reason."""
-
-
-class _BodyError(Exception):
-    """The body could not be read: kubelet treats this as a prober error, not a verdict."""
 
 
 @dataclass(frozen=True)
@@ -125,134 +120,36 @@ def _request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
-async def _readline(reader: asyncio.StreamReader) -> bytes:
-    try:
-        return await reader.readline()
-    except ValueError as err:  # the StreamReader's line limit (64 KiB)
-        raise _ProtocolError("header line too long") from err
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """The status and headers (lowercase names) of the final response; 1xx ones are skipped."""
-    while True:
-        line = await _readline(reader)
-        if not line:
-            raise _ProtocolError("EOF")
-        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        code = parts[1] if len(parts) > 1 else ""
-        if not parts[0].startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise _ProtocolError(f"malformed HTTP response {line.decode('latin-1')!r}")
-        headers: dict[str, str] = {}
-        for _ in range(_MAX_HEADER_LINES):
-            raw = await _readline(reader)
-            if raw in (b"\r\n", b"\n"):
-                break
-            if not raw:
-                raise _ProtocolError("unexpected EOF")
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep:
-                raise _ProtocolError(f"malformed MIME header line: {raw.decode('latin-1')!r}")
-            headers[name.strip().lower()] = value.strip()
-        else:
-            raise _ProtocolError("too many header lines")
-        status = int(code)
-        if 100 <= status < 200 and status != 101:
-            continue
-        return status, headers
-
-
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    body = bytearray()
-    while len(body) < limit:
-        line = await _readline(reader)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BodyError(f"malformed chunk size {line!r}") from None
-        if size == 0:
-            break
-        body += await reader.readexactly(min(size, limit - len(body)))
-        if len(body) < limit:
-            await reader.readexactly(2)  # the chunk's CRLF
-    return bytes(body)
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, status: int, headers: Mapping[str, str], limit: int
-) -> bytes:
-    """At most ``limit`` bytes of the body (kubelet's ``ReadAtMost``: a longer body is cut, which
-    is no error). A body cut short by the server is an error (Go's ``unexpected EOF``)."""
-    if status in (204, 304) or 100 <= status < 200:
-        return b""
-    try:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return await _read_chunked(reader, limit)
-        if "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError:
-                raise _BodyError(f"bad Content-Length {headers['content-length']!r}") from None
-            return await reader.readexactly(min(length, limit))
-        body = bytearray()
-        while len(body) < limit:
-            data = await reader.read(limit - len(body))
-            if not data:
-                break
-            body += data
-        return bytes(body)
-    except asyncio.IncompleteReadError:
-        raise _BodyError("unexpected EOF") from None
-    except (ConnectionError, _ProtocolError) as err:
-        raise _BodyError(str(err) or type(err).__name__) from err
-
-
-def _tls_context() -> ssl.SSLContext:
-    """kubelet's ``InsecureSkipVerify``: a probe checks the server answers, not who it is."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 @dataclass
 class _Progress:
-    """Where a timeout struck: before the headers (a failure) or in the body (an error)."""
+    """Where a timeout struck: dialing ``dialing`` (host, port), awaiting the headers (both
+    failures), or in the body (an error)."""
 
+    dialing: tuple[str, int] | None = None
     reading_body: bool = False
 
 
 async def _exchange(
-    url: urllib.parse.SplitResult,
-    host_header: str,
-    headers: Mapping[str, list[str]],
-    *,
-    netns: str | None,
-    deadline: float,
-    progress: _Progress,
+    url: urllib.parse.SplitResult, request: bytes, *, netns: str | None, progress: _Progress
 ) -> _Response:
     """One request on one connection, closed after it (kubelet disables keep-alives)."""
-    loop = asyncio.get_running_loop()
     hostname = url.hostname or ""
     port = url.port or (443 if url.scheme == "https" else 80)
-    sock = await dial(hostname, port, netns=netns, timeout=max(deadline - loop.time(), 0.0))
+    progress.dialing, progress.reading_body = (hostname, port), False
+    sock = await connect(hostname, port, netns=netns)
+    progress.dialing = None
+    conn = TlsConn(sock, hostname) if url.scheme == "https" else Conn(sock)
     try:
-        reader, writer = await asyncio.open_connection(
-            sock=sock,
-            ssl=_tls_context() if url.scheme == "https" else None,
-            server_hostname=hostname if url.scheme == "https" else None,
-        )
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        writer.write(_request_bytes(url, host_header, headers))
-        await writer.drain()
-        status, response_headers = await _read_head(reader)
+        if isinstance(conn, TlsConn):
+            await conn.handshake()
+        await conn.send(request)
+        reader = ResponseReader(conn.recv)
+        status, headers = await reader.head()
         progress.reading_body = True
-        body = await _read_body(reader, status, response_headers, MAX_BODY)
-        return _Response(status, response_headers, body)
+        body = await reader.body(status, headers, MAX_BODY)
+        return _Response(status, headers, body)
     finally:
-        writer.transport.abort()
+        conn.close()
 
 
 def _redirect_headers(
@@ -276,26 +173,53 @@ class _RedirectLimitError(Exception):
     """Go's ``stopped after 10 redirects``; the argument is the URL not followed."""
 
 
-async def _do(
-    url: str,
-    headers: dict[str, list[str]],
-    *,
-    netns: str | None,
-    deadline: float,
-    progress: _Progress,
-) -> _Response:
-    """Go's ``Client.Do`` with kubelet's redirect checker (same host name only, at most 10
-    requests). Raises _RedirectLimitError, _ProtocolError, _BodyError, DialError, OSError."""
+@dataclass(frozen=True)
+class _Probe:
+    """What a probe spec asks for, ready to send: built once per spec (see the module doc)."""
+
+    url: str
+    first: urllib.parse.SplitResult
+    headers: dict[str, list[str]]
+    host: str
+    """The Host header: a custom ``Host`` entry, else the URL's host:port."""
+    request: bytes
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepare(
+    scheme: str, host: str, port: int, path: str, pairs: tuple[tuple[str, str], ...]
+) -> _Probe:
+    url = probe_url(scheme, host, port, path)
+    headers = probe_headers([{"name": name, "value": value} for name, value in pairs])
     first = urllib.parse.urlsplit(url)
+    host_header = headers.get("Host", [""])[0] or first.netloc
+    return _Probe(url, first, headers, host_header, _request_bytes(first, host_header, headers))
+
+
+def _probe_of(http_get: Mapping[str, Any], pod_ip: str, port: int) -> _Probe:
+    pairs = tuple(
+        (str(entry["name"]), str(entry.get("value", "")))
+        for entry in http_get.get("httpHeaders") or ()
+    )
+    return _prepare(
+        str(http_get.get("scheme") or "HTTP").lower(),
+        str(http_get.get("host") or pod_ip or "127.0.0.1"),
+        port,
+        str(http_get.get("path") or ""),
+        pairs,
+    )
+
+
+async def _do(probe: _Probe, *, netns: str | None, progress: _Progress) -> _Response:
+    """Go's ``Client.Do`` with kubelet's redirect checker (same host name only, at most 10
+    requests). Raises _RedirectLimitError, ProtocolError, BodyError, DialError, OSError."""
+    first, headers = probe.first, probe.headers
     custom_host = headers.get("Host", [""])[0]
-    current, host, requests = first, custom_host or first.netloc, 1
+    current, request, requests = first, probe.request, 1
     while True:
         if current.scheme not in ("http", "https"):
-            raise _ProtocolError(f"unsupported protocol scheme {current.scheme!r}")
-        progress.reading_body = False
-        response = await _exchange(
-            current, host, headers, netns=netns, deadline=deadline, progress=progress
-        )
+            raise ProtocolError(f"unsupported protocol scheme {current.scheme!r}")
+        response = await _exchange(current, request, netns=netns, progress=progress)
         location = response.headers.get("location")
         if response.status not in _REDIRECTS or not location:
             return response
@@ -310,6 +234,20 @@ async def _do(
         host = custom_host if keep else target.netloc
         headers = _redirect_headers(headers, current, target, current.geturl())
         current, requests = target, requests + 1
+        request = _request_bytes(current, host, headers)
+
+
+_AWAITING = "(Client.Timeout exceeded while awaiting headers)"
+_READING = "(Client.Timeout or context cancellation while reading body)"
+
+
+def _timed_out(url: str, progress: _Progress) -> ProbeResult:
+    if progress.reading_body:
+        return ProbeResult(Outcome.UNKNOWN, f"context deadline exceeded {_READING}")
+    if progress.dialing is not None:
+        err = dial_timeout_error(*progress.dialing)
+        return ProbeResult(Outcome.FAILURE, f'Get "{url}": {err} {_AWAITING}')
+    return ProbeResult(Outcome.FAILURE, f'Get "{url}": context deadline exceeded {_AWAITING}')
 
 
 async def http_probe(
@@ -319,30 +257,21 @@ async def http_probe(
     is the pod's network namespace (None for ``hostNetwork``). A pod with no IP yet is probed on
     its own loopback. Failures (status, connection, timeout) are ``FAILURE`` with Go's message;
     a body that cannot be read is ``UNKNOWN``, which kubelet treats as a prober error."""
-    scheme = str(http_get.get("scheme") or "HTTP").lower()
-    host = str(http_get.get("host") or pod_ip or "127.0.0.1")
-    url = probe_url(scheme, host, port, str(http_get.get("path") or ""))
-    headers = probe_headers(http_get.get("httpHeaders"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    awaiting = "(Client.Timeout exceeded while awaiting headers)"
+    probe = _probe_of(http_get, pod_ip, port)
+    url = probe.url
     progress = _Progress()
     try:
-        async with asyncio.timeout_at(deadline):
-            response = await _do(url, headers, netns=netns, deadline=deadline, progress=progress)
+        async with asyncio.timeout(timeout):
+            response = await _do(probe, netns=netns, progress=progress)
     except TimeoutError:
-        if progress.reading_body:
-            reading = "(Client.Timeout or context cancellation while reading body)"
-            return ProbeResult(Outcome.UNKNOWN, f"context deadline exceeded {reading}")
-        return ProbeResult(Outcome.FAILURE, f'Get "{url}": context deadline exceeded {awaiting}')
+        return _timed_out(url, progress)
     except DialError as err:
-        suffix = f" {awaiting}" if str(err).endswith("i/o timeout") else ""
-        return ProbeResult(Outcome.FAILURE, f'Get "{url}": {err}{suffix}')
+        return ProbeResult(Outcome.FAILURE, f'Get "{url}": {err}')
     except _RedirectLimitError as err:
         return ProbeResult(Outcome.FAILURE, f'Get "{err}": stopped after 10 redirects')
-    except _BodyError as err:
+    except BodyError as err:
         return ProbeResult(Outcome.UNKNOWN, f'Get "{url}": reading the body: {err}')
-    except (_ProtocolError, OSError) as err:
+    except (ProtocolError, OSError) as err:
         return ProbeResult(Outcome.FAILURE, f'Get "{url}": {err}')
     body = response.body.decode("utf-8", "replace")
     if 200 <= response.status < 400:

@@ -8,11 +8,13 @@ failure reason: ``dial tcp 127.0.0.1:81: connect: connection refused``, ``... i/
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import socket
 import struct
 
+from nodelet.probe.conn import wait_writable
 from nodelet.probe.netns import socket_in_netns
 from nodelet.probe.result import Outcome, ProbeResult
 
@@ -35,13 +37,22 @@ def _go_errno_text(err: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
+@functools.lru_cache(maxsize=256)
+def _literal(host: str) -> tuple[int, str] | None:
+    """The address family and canonical text of an IP literal; None for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET6 if address.version == 6 else socket.AF_INET), str(address)
+
+
 async def _resolve(host: str, port: int) -> tuple[int, str]:
     """The address family and literal of ``host``. Names are resolved by the agent, as kubelet
     resolves them on the node, not in the pod."""
-    try:
-        return (socket.AF_INET6 if ":" in host else socket.AF_INET), str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
+    literal = _literal(host)
+    if literal is not None:
+        return literal
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
@@ -54,34 +65,63 @@ async def _resolve(host: str, port: int) -> tuple[int, str]:
     return int(family), str(sockaddr[0])
 
 
+async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
+    """A non-blocking connect. On loopback the handshake is over when ``connect`` returns
+    EINPROGRESS, which ``getpeername`` tells for one cheap system call; otherwise the socket
+    is writable once the connect ended, and ``SO_ERROR`` says how."""
+    try:
+        sock.connect(address)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass
+    try:
+        sock.getpeername()
+        return
+    except OSError:
+        pass
+    await wait_writable(sock)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+async def connect(host: str, port: int, *, netns: str | None) -> socket.socket:
+    """A connected, non-blocking TCP socket to ``host:port`` made in ``netns``, with no time
+    limit of its own (the caller's covers it). Raises DialError with Go's message."""
+    family, literal = await _resolve(host, port)
+    try:
+        sock = socket_in_netns(netns, family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as err:
+        raise DialError(
+            f"dial tcp {join_host_port(host, port)}: network namespace {netns}: "
+            f"{_go_errno_text(err)}"
+        ) from err
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER)
+        await _connect(sock, (literal, port))
+    except OSError as err:
+        sock.close()
+        raise DialError(
+            f"dial tcp {join_host_port(host, port)}: connect: {_go_errno_text(err)}"
+        ) from err
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def dial_timeout_error(host: str, port: int) -> DialError:
+    """Go's message for a dial that ran out of time."""
+    return DialError(f"dial tcp {join_host_port(host, port)}: i/o timeout")
+
+
 async def dial(host: str, port: int, *, netns: str | None, timeout: float) -> socket.socket:
-    """A connected, non-blocking TCP socket to ``host:port`` made in ``netns``. Raises
-    DialError with Go's message when the connection fails or ``timeout`` passes first."""
-    address = join_host_port(host, port)
-    loop = asyncio.get_running_loop()
+    """:func:`connect` within ``timeout`` seconds; DialError with Go's message otherwise."""
     try:
         async with asyncio.timeout(timeout):
-            family, literal = await _resolve(host, port)
-            try:
-                sock = socket_in_netns(netns, family, socket.SOCK_STREAM)
-            except OSError as err:
-                raise DialError(
-                    f"dial tcp {address}: network namespace {netns}: {_go_errno_text(err)}"
-                ) from err
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER)
-                await loop.sock_connect(sock, (literal, port))
-            except BaseException:
-                sock.close()
-                raise
+            return await connect(host, port, netns=netns)
     except TimeoutError:
-        raise DialError(f"dial tcp {address}: i/o timeout") from None
-    except DialError:
-        raise
-    except OSError as err:
-        raise DialError(f"dial tcp {address}: connect: {_go_errno_text(err)}") from err
-    return sock
+        raise dial_timeout_error(host, port) from None
 
 
 async def tcp_probe(host: str, port: int, *, netns: str | None, timeout: float) -> ProbeResult:

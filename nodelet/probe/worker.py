@@ -111,6 +111,11 @@ class ProbeSpec:
         )
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ProbeWorker:
     """Runs one container's probe of one kind until stopped; ``result`` is its current
     thresholded result. ``clock`` and ``sleep`` are injectable so tests need no real time."""
@@ -135,7 +140,9 @@ class ProbeWorker:
         self._sleep = sleep
         self._describe = describe
         self._gated = False
-        self._trigger = asyncio.Event()
+        self._triggered = False
+        """The gate's trigger fired: the next wait ends at once (or the current one now)."""
+        self._wake: asyncio.Future[None] | None = None
         self._last_outcome = Outcome.SUCCESS  # kubelet's zero value of results.Result
         self._result_run = 0
         self._task: asyncio.Task[None] | None = None
@@ -172,7 +179,9 @@ class ProbeWorker:
             raise ValueError("the startup probe is never gated")
         was_gated, self._gated = self._gated, not open
         if open and was_gated and self.spec.kind == "readiness":
-            self._trigger.set()
+            self._triggered = True
+            if self._wake is not None:
+                _wake(self._wake)
 
     async def _guarded(self, started_at: float) -> None:
         try:
@@ -196,20 +205,30 @@ class ProbeWorker:
                 next_at = max(next_at + self.spec.period, self._clock())
 
     async def _wait(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or less when the gate's trigger fires."""
-        if self._trigger.is_set():
-            self._trigger.clear()
+        """Sleep ``delay`` seconds, or less when the gate's trigger fires. One future, woken by
+        a timer (or the injected sleep) or by :meth:`gate`: this runs at every tick of every
+        probe, so it creates no task and no event waiter."""
+        if self._triggered:
+            self._triggered = False
             return
         if delay <= 0:
             return
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        triggered = asyncio.ensure_future(self._trigger.wait())
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        stop: Callable[[], object]
+        if self._sleep is asyncio.sleep:
+            stop = loop.call_later(delay, _wake, wake).cancel
+        else:
+            sleeper = asyncio.ensure_future(self._sleep(delay))
+            sleeper.add_done_callback(lambda _: _wake(wake))
+            stop = sleeper.cancel
+        self._wake = wake
         try:
-            await asyncio.wait({sleeper, triggered}, return_when=asyncio.FIRST_COMPLETED)
+            await wake
         finally:
-            sleeper.cancel()
-            triggered.cancel()
-        self._trigger.clear()
+            self._wake = None
+            stop()
+        self._triggered = False
 
     async def _attempt(self) -> ProbeResult:
         """kubelet's ``runProbeWithRetries``: a prober error is retried at once."""

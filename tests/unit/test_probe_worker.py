@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -443,3 +445,48 @@ def test_spec_validates_directly() -> None:
         ProbeSpec("readiness", period=0)
     with pytest.raises(ValueError):
         ProbeSpec("readiness", failure_threshold=0)
+
+
+# --- the real timer (the default clock and sleep: a loop timer, not the injected sleep) ----
+
+
+async def test_real_timer_probes_every_period() -> None:
+    calls: list[float] = []
+
+    async def probe() -> ProbeResult:
+        calls.append(asyncio.get_running_loop().time())
+        return S
+
+    worker = ProbeWorker(ProbeSpec("readiness", period=0.05), probe, lambda *_: None)
+    worker.start(time.monotonic())
+    await asyncio.sleep(0.32)
+    worker.stop()
+    await worker.join()
+    assert 5 <= len(calls) <= 8, calls
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(gap >= 0.045 for gap in gaps), gaps
+
+
+async def test_real_timer_wait_ends_when_the_gate_opens() -> None:
+    calls: list[float] = []
+
+    async def probe() -> ProbeResult:
+        calls.append(time.monotonic())
+        return S
+
+    worker = ProbeWorker(ProbeSpec("readiness", period=30), probe, lambda *_: None)
+    worker.gate(False)
+    worker.start(time.monotonic())
+    await asyncio.sleep(0.05)
+    assert calls == []  # gated, and the next tick is 30 s away
+    opened = time.monotonic()
+    worker.gate(True)
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1 and calls[0] - opened < 0.05
+    assert worker.result is Outcome.SUCCESS
+    await asyncio.sleep(0.1)
+    assert len(calls) == 1  # back on the 30 s grid
+    began = time.monotonic()
+    worker.stop()
+    await worker.join()
+    assert time.monotonic() - began < 0.05  # a stop ends the wait at once
