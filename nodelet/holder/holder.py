@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodelet.holder import hooks, linux, procfs, protocol, spawn, sysctl
-from nodelet.holder.crilog import StreamLog
+from nodelet.holder.crilog import LogFile, StreamLog
 from nodelet.holder.journal import JournalWriter
 
 DEFAULT_SHUTDOWN_GRACE = 2.0
@@ -36,8 +36,8 @@ class Container:
     attempt: int
     pid: int
     started_at: float
-    log_fd: int | None
-    """None when the log file could not be opened: every line is dropped and counted."""
+    log: LogFile
+    """Its ``fd`` is None when the file could not be opened: every line is dropped, counted."""
     host_pid: int = 0
     """The pid in the host's PID namespace: what the agent and the journal know it by (``pid``
     is the holder's own view, which differs when the pod has its own PID namespace)."""
@@ -182,7 +182,7 @@ class Holder:
             "signal": -code if code < 0 else None,
         })  # fmt: skip
         if not container.streams:
-            procfs.close(container.log_fd)
+            container.log.close()
 
     def _record(self, entry: protocol.StartEntry | protocol.ExitEntry) -> None:
         """Journal first (durable, or kept and retried), then tell the agent if one listens."""
@@ -289,12 +289,13 @@ class Holder:
             if details["reason"] == protocol.START_ERROR:
                 self._record_failed_start(spec, host_pid, details["message"])
             return {"ok": False, "reason": details["reason"], "message": details["message"]}
-        container = Container(name, spec["attempt"], pid, time.time(), log_fd, host_pid,
+        log = LogFile(log_fd, spec["log_path"], spec.get("log_max_bytes"))
+        container = Container(name, spec["attempt"], pid, time.time(), log, host_pid,
                               pre_stop=spec.get("pre_stop"),
                               stop_signal=int(spec.get("stop_signal", signal.SIGTERM)))  # fmt: skip
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
-            container.streams[fd] = StreamLog(log_fd, stream, log_error)
+            container.streams[fd] = StreamLog(log, stream, log_error)
             self.sel.register(fd, selectors.EVENT_READ, self._reader(container, fd))
         self.containers[name] = container
         self.by_pid[pid] = container
@@ -337,13 +338,16 @@ class Holder:
         if data:
             container.streams[fd].feed(data)
             self._report_dropped(container)
+            if container.log.error:  # not rotated, nothing lost: the file grows on
+                procfs.say(f"holder: {container.name}: {container.log.error}")
+                container.log.error = ""
             return True
         container.streams.pop(fd).close()
         self._report_dropped(container, final=True)
         self.sel.unregister(fd)
         os.close(fd)
         if not container.streams and container.exited:
-            procfs.close(container.log_fd)
+            container.log.close()
         return False
 
     def _report_dropped(self, container: Container, final: bool = False) -> None:

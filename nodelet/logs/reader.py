@@ -10,14 +10,19 @@ anything, and ``nodelet logs`` hands back exactly what it wrote.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from nodelet.logs.rotation import open_rotated, rotated_files
 
 STREAMS = ("stdout", "stderr")
 DEFAULT_NAMESPACE = "default"
@@ -263,16 +268,22 @@ class _Tail:
         self._file: BinaryIO = path.open("rb")
         self._inode = os.fstat(self._file.fileno()).st_ino
         self._rest = b""
+        self.last_line = b""
+        """The last whole line handed out: finds this file again once it was gzipped."""
 
     def lines(self) -> list[bytes]:
         data = self._rest + self._read_all()
         *lines, self._rest = data.split(b"\n")
+        if lines:
+            self.last_line = lines[-1]
         return lines
 
     def drain(self) -> list[bytes]:
         """Everything left, the unfinished line included: the writer is done with this file."""
         lines = self.lines()
         rest, self._rest = self._rest, b""
+        if rest:
+            self.last_line = rest
         return [*lines, rest] if rest else lines
 
     def truncated(self) -> bool:
@@ -288,6 +299,21 @@ class _Tail:
             return self.path.stat().st_ino != self._inode
         except FileNotFoundError:
             return True
+
+    def find_in(self, rotated: list[Path]) -> int | None:
+        """Where the open file is among ``rotated``: by its inode while it is uncompressed,
+        else by its last line (unique: it carries a nanosecond timestamp)."""
+        for index, path in enumerate(rotated):
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == self._inode:
+                    return index
+        if not self.last_line:
+            return None
+        for index in range(len(rotated) - 1, -1, -1):
+            lines = _read_lines(rotated[index])
+            if lines and lines[-1] == self.last_line:
+                return index
+        return None
 
     def close(self) -> None:
         self._file.close()
@@ -320,50 +346,196 @@ def follow_messages(
     *,
     poll_seconds: float = POLL_SECONDS,
     stop: threading.Event | None = None,
+    history: bool = False,
+    tail: int | None = None,
+    since_ns: int | None = None,
 ) -> Iterator[LogMessage]:
     """Messages of ``start`` and then of every later start of the same container, as written.
 
     Polls: a log file is written by one holder process, and a poll every quarter second is cheaper
     and simpler than inotify on a file that may be rotated or replaced. When the container
     restarts, ``<n+1>.log`` appears and the old file is finished first. A truncated file is read
-    again from its beginning; a file rotated away is followed to the new one at the same path.
-    Ends when ``stop`` is set or the container's log dir is deleted (the pod was removed).
+    again from its beginning. A file rotated away is finished, then every file rotated after it
+    (however many rotations happened between two polls, gzipped or not), then the new file at
+    the same path. Ends when ``stop`` is set or the container's log dir is deleted (the pod was
+    removed).
+
+    ``history`` starts with the run's rotated files; ``tail`` and ``since_ns`` limit what is
+    already there to its last lines and to lines not older (``kubectl logs -f --tail``).
     """
     directory = start.parent
     restart = _restart_of(start)
     reassembler = Reassembler()
-    tail = _Tail(start)
+    first = _Tail(start)
+    tail_file: _Tail | None = first
     try:
+        yield from _already_there(start, first, reassembler, history, tail, since_ns)
         while True:
-            lines = tail.lines()
-            if lines:
-                yield from _messages(lines, reassembler)
-                continue
-            if tail.truncated():
-                yield from reassembler.flush()
-                tail.rewind()
+            if tail_file is not None:
+                lines = tail_file.lines()
+                if lines:
+                    yield from _messages(lines, reassembler)
+                    continue
+                if tail_file.truncated():
+                    yield from reassembler.flush()
+                    tail_file.rewind()
+                    continue
+                if tail_file.replaced():
+                    yield from _messages(tail_file.drain(), reassembler)
+                    yield from _rotated_after(tail_file, reassembler)
+                    tail_file.close()
+                    tail_file = None
+            current = directory / f"{restart}.log"
+            if tail_file is None and current.exists():
+                tail_file = _Tail(current)  # rotated: the new file at the same path
                 continue
             following = _next_log(directory, restart)
-            if following is not None or tail.replaced():
-                yield from _messages(tail.drain(), reassembler)
+            if following is not None:
+                if tail_file is not None:
+                    yield from _messages(tail_file.drain(), reassembler)
+                    tail_file.close()
                 yield from reassembler.flush()
-                path: Path | None
-                if following is not None:
-                    restart, path = following
-                elif tail.path.exists():
-                    path = tail.path  # rotated: a new file at the same path
-                elif not directory.exists():
-                    return  # the pod was removed
-                else:
-                    path = None  # deleted, or rotation under way: wait for a file to appear
-                if path is not None:
-                    tail.close()
-                    tail = _Tail(path)
-                    continue
+                restart, path = following
+                tail_file = _Tail(path)
+                continue
+            if tail_file is None and not directory.exists():
+                return  # the pod was removed
             if _wait(stop, poll_seconds):
                 return
     finally:
-        tail.close()
+        if tail_file is not None:
+            tail_file.close()
+
+
+def _already_there(
+    start: Path,
+    tail_file: _Tail,
+    reassembler: Reassembler,
+    history: bool,
+    tail: int | None,
+    since_ns: int | None,
+) -> Iterator[LogMessage]:
+    """What a follow prints before it waits: the open file's lines now (and the run's rotated
+    files before them, with ``history``), cut to ``tail`` and ``since_ns``."""
+    if not history and tail is None and since_ns is None:
+        return
+    lines = tail_file.lines()
+    older = _older_needed(start, lines, tail) if history else []
+    found = _chain(
+        *(_file_messages(path, reassembler) for path in older), _messages(lines, reassembler)
+    )
+    yield from select(found, tail=tail, since_ns=since_ns)
+
+
+def _older_needed(current: Path, current_lines: list[bytes], tail: int | None) -> list[Path]:
+    """The run's rotated files that hold part of its last ``tail`` lines (all without one)."""
+    rotated = rotated_files(current)
+    if tail is None:
+        return rotated
+    have, needed = _line_ends(current_lines), 0
+    for path in reversed(rotated):
+        if have >= tail:
+            break
+        needed += 1
+        have += _line_ends(_read_lines(path))
+    return rotated[len(rotated) - needed :]
+
+
+def _line_ends(lines: list[bytes]) -> int:
+    """How many lines end (``F`` chunks) among ``lines``: at least that many messages."""
+    return sum(1 for line in lines if line.split(b" ", 3)[2:3] == [b"F"])
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """A rotated or current file's lines (decompressed); none when it is gone meanwhile."""
+    if _LOG_FILE.fullmatch(path.name):
+        try:
+            return path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+    file = open_rotated(path)
+    if file is None:
+        return []
+    with file:
+        return file.read().splitlines()
+
+
+def _file_messages(path: Path, reassembler: Reassembler) -> Iterator[LogMessage]:
+    yield from _messages(_read_lines(path), reassembler)
+
+
+def read_run(
+    current: Path, *, tail: int | None = None, since_ns: int | None = None
+) -> Iterator[LogMessage]:
+    """Every kept message of one container run, oldest first: its rotated files (gzipped or
+    not), then ``current``; or its last ``tail`` messages, and none older than ``since_ns``
+    (kubelet's order: the tail is taken, then the time filter)."""
+    reassembler = Reassembler()
+    lines = _read_lines(current)
+    older = _older_needed(current, lines, tail)
+    found = _chain(
+        *(_file_messages(path, reassembler) for path in older),
+        _messages(lines, reassembler),
+        _flushed(reassembler),
+    )
+    yield from select(found, tail=tail, since_ns=since_ns)
+
+
+def select(
+    messages: Iterator[LogMessage], *, tail: int | None = None, since_ns: int | None = None
+) -> Iterator[LogMessage]:
+    """The last ``tail`` of ``messages`` (all when None), then those not before ``since_ns``."""
+    kept: Iterable[LogMessage] = messages if tail is None else deque(messages, maxlen=tail)
+    for message in kept:
+        if since_ns is None or timestamp_ns(message.timestamp) >= since_ns:
+            yield message
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
+)
+
+
+def timestamp_ns(text: str) -> int:
+    """An RFC3339(Nano) timestamp as nanoseconds since the epoch."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zone = match.group(7) or "", match.group(8)
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0"))
+
+
+def rfc3339_nano(text: str) -> str:
+    """A CRI timestamp as Go's ``time.RFC3339Nano`` prints it (what ``kubectl logs
+    --timestamps`` shows): trailing zeros of the fraction dropped, the dot too when all are."""
+    match = _RFC3339.fullmatch(text)
+    if match is None or match.group(7) is None:
+        return text
+    fraction = match.group(7).rstrip("0")
+    head = text[: match.start(7) - 1]
+    return f"{head}.{fraction}{match.group(8)}" if fraction else f"{head}{match.group(8)}"
+
+
+def _flushed(reassembler: Reassembler) -> Iterator[LogMessage]:
+    yield from reassembler.flush()  # evaluated last, once every file was read
+
+
+def _chain(*parts: Iterator[LogMessage]) -> Iterator[LogMessage]:
+    for part in parts:
+        yield from part
+
+
+def _rotated_after(tail_file: _Tail, reassembler: Reassembler) -> Iterator[LogMessage]:
+    """The messages of every file rotated after the one ``tail_file`` still holds open."""
+    rotated = rotated_files(tail_file.path)
+    position = tail_file.find_in(rotated)
+    for path in rotated[position + 1 :] if position is not None else []:
+        yield from _file_messages(path, reassembler)
 
 
 def _wait(stop: threading.Event | None, seconds: float) -> bool:
