@@ -291,8 +291,8 @@ class Agent:
 
     def _status_line(self, complete: bool) -> str:
         """systemd's STATUS=: ``3 of 4 pods running, 1 rejected``."""
-        running = sum(1 for phase in self._phases.values() if phase == "Running")
         desired = len(self.pods.desired)
+        running = sum(1 for uid in self.pods.desired if self._phases.get(uid) == "Running")
         line = f"{running} of {desired} pods running, {len(self.rejected)} rejected"
         return line if complete else f"{line}; manifest dir not completely read yet"
 
