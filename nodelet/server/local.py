@@ -25,7 +25,8 @@ import re
 import socket
 import struct
 import tempfile
-from collections.abc import Callable, Iterable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[], tuple[int, Any]]
 """Returns (HTTP status, JSON-able body or plain text)."""
 Routes = dict[str, Handler]
+QueryHandler = Callable[[dict[str, str]], Awaitable[tuple[int, Any]]]
+"""A private route that reads its query string (``?pod=ns/name``) and may await the runtime."""
 
 _REASONS = {
     200: "OK",
@@ -67,11 +70,14 @@ class LocalServer:
         public: Routes,
         private: Routes | None = None,
         socket_path: Path | None = None,
+        queries: dict[str, QueryHandler] | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._public = public
         self._private = private or {}
+        self._queries = queries or {}
+        """Private routes with a query string: the unix socket (root) only."""
         self._socket_path = socket_path
         self._socket_inode: int | None = None
         self._servers: list[asyncio.Server] = []
@@ -111,6 +117,8 @@ class LocalServer:
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             if private and not _peer_is_trusted(writer):
                 status, body = 403, "forbidden\n"
+            elif private and target.split("?", 1)[0] in self._queries:
+                status, body = await _dispatch_query(self._queries, method, target)
             else:
                 status, body = _dispatch(routes, method, target.split("?", 1)[0])
             payload = body if isinstance(body, str) else json.dumps(body)
@@ -139,6 +147,17 @@ def _dispatch(routes: Routes, method: str, path: str) -> tuple[int, Any]:
         return 404, "not found\n"
     try:
         return handler()
+    except Exception:
+        log.exception("handler for %s failed", path)
+        return 500, "internal error\n"
+
+
+async def _dispatch_query(routes: dict[str, QueryHandler], method: str, target: str) -> Any:
+    if method not in ("GET", "HEAD"):
+        return 405, "method not allowed\n"
+    path, _, query = target.partition("?")
+    try:
+        return await routes[path](dict(urllib.parse.parse_qsl(query)))
     except Exception:
         log.exception("handler for %s failed", path)
         return 500, "internal error\n"
