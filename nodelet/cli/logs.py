@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from nodelet.cli.run import duration
 from nodelet.config import AgentConfig
+from nodelet.configfile import go_duration
 from nodelet.logs.reader import (
     LogMessage,
     LogsError,
@@ -88,6 +88,17 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
         "--uid",
         help="read this pod UID's logs (default: the agent's current pod, else the newest)",
     )
+
+
+def duration(text: str) -> float:
+    """kubectl's ``--since``: a Go duration (``5s``, ``2m``, ``1h30m``), not negative."""
+    try:
+        seconds = go_duration(text.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return seconds
 
 
 def rfc3339(text: str) -> int:
