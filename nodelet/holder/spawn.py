@@ -20,13 +20,27 @@ import json
 import os
 import signal
 import stat
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, NotRequired, TypedDict
 
 from nodelet.holder import capabilities, linux, mounts, protocol, seccomp
 
 
 class SetupError(Exception):
     """The spec cannot be applied; the message is what the operator sees."""
+
+
+class ProcessSecurity(TypedDict):
+    """The part of a ContainerSpec that every process of the container gets, its first and
+    those entered into it later (``enter``, as ``runc exec`` applies the container's process
+    spec): a ContainerSpec is one."""
+
+    run_as_user: int | None
+    run_as_group: int | None
+    supplemental_groups: list[int]
+    no_new_privileges: bool
+    capabilities: NotRequired[protocol.CapabilitySpec]
+    seccomp_bpf: NotRequired[str]
 
 
 def _working_dir(path: str, volumes: list[protocol.MountSpec]) -> None:
@@ -66,7 +80,7 @@ def _stdio_owner(uid: int) -> None:
                 raise SetupError(f"cannot give stdio to user {uid}: {err.strerror}") from None
 
 
-def _identity(spec: protocol.ContainerSpec) -> None:
+def _identity(spec: ProcessSecurity) -> None:
     user, group = spec["run_as_user"], spec["run_as_group"]
     if user is not None:
         _stdio_owner(user)
@@ -86,7 +100,7 @@ def _identity(spec: protocol.ContainerSpec) -> None:
         ) from None
 
 
-def _user_and_capabilities(spec: protocol.ContainerSpec) -> None:
+def _user_and_capabilities(spec: ProcessSecurity, working_dir: Callable[[], None]) -> None:
     """runc's ``finalizeNamespace``: without a capability spec (privileged) the process keeps
     the holder's capabilities, which the kernel clears anyway when it leaves uid 0."""
     caps = spec.get("capabilities")
@@ -97,8 +111,7 @@ def _user_and_capabilities(spec: protocol.ContainerSpec) -> None:
         except OSError as err:
             raise SetupError(f"cannot apply the capability bounding set: {err}") from None
     _identity(spec)
-    if spec["working_dir"]:
-        _working_dir(spec["working_dir"], spec["mounts"])
+    working_dir()
     if caps is not None:
         try:
             capabilities.keep_caps(False)
@@ -115,7 +128,23 @@ def _install_seccomp(program: bytes) -> None:
         raise SetupError(f"cannot install the seccomp filter: {err.strerror or err}") from None
 
 
-def _exec_error(argv0: str, err: OSError) -> str:
+def apply_process_security(spec: ProcessSecurity, working_dir: Callable[[], None]) -> None:
+    """Everything from the seccomp filter of a container without no_new_privs to the one of a
+    container with it, in runc's order; the caller execs next. ``working_dir`` is entered as
+    the container's user, between the user switch and the capability sets. Raises SetupError."""
+    encoded = spec.get("seccomp_bpf")
+    program = base64.b64decode(encoded) if encoded is not None else None
+    no_new_privs = spec["no_new_privileges"]
+    if program is not None and not no_new_privs:
+        _install_seccomp(program)
+    _user_and_capabilities(spec, working_dir)
+    if no_new_privs:
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    if program is not None and no_new_privs:
+        _install_seccomp(program)
+
+
+def exec_error(argv0: str, err: OSError) -> str:
     if err.errno == errno.ENOENT and "/" not in argv0:
         return f'exec: "{argv0}": executable file not found in $PATH'
     return f'exec: "{argv0}": {os.strerror(err.errno or 0)}'
@@ -148,22 +177,16 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
             mounts.apply(spec)
         except mounts.MountError as err:
             raise SetupError(str(err)) from None
-        encoded = spec.get("seccomp_bpf")
-        program = base64.b64decode(encoded) if encoded is not None else None
-        no_new_privs = spec["no_new_privileges"]
-        if program is not None and not no_new_privs:
-            _install_seccomp(program)
-        _user_and_capabilities(spec)
-        if no_new_privs:
-            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
-        if program is not None and no_new_privs:
-            _install_seccomp(program)
+        working_dir = spec["working_dir"]
+        apply_process_security(
+            spec, lambda: _working_dir(working_dir, spec["mounts"]) if working_dir else None
+        )
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
-            _fail(status_w, protocol.START_ERROR, _exec_error(argv[0], err))
+            _fail(status_w, protocol.START_ERROR, exec_error(argv[0], err))
     except SetupError as err:
         _fail(status_w, protocol.SETUP_ERROR, str(err))
     except OSError as err:

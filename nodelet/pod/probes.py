@@ -22,7 +22,7 @@ from nodelet.probe.http import http_probe, resolve_port
 from nodelet.probe.result import Outcome, ProbeResult
 from nodelet.probe.tcp import tcp_probe
 from nodelet.probe.worker import KINDS, ProbeSpec, ProbeWorker
-from nodelet.runtime.api import ContainerRecord
+from nodelet.runtime.api import ContainerConfig, ContainerRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,15 @@ class ProbeTarget:
     uid: int | None
     gid: int | None
     cgroup_procs: list[str] = field(default_factory=list)
+    """The cgroups an exec probe joins (``runc exec`` joins the container's own)."""
+    start_time: int | None = None
+    """``pid``'s kernel start time when it was known to be the container: an exec probe never
+    enters a process that took the pid over. None: whatever has the pid when it runs."""
+    container: ContainerConfig | None = None
+    """The container's prepared config (its last start): exec probes and postStart exec
+    handlers get its user, groups, capabilities, no_new_privs, seccomp filter, environment
+    and working directory, as CRI's ExecSync applies the container's process spec. None:
+    only ``uid``/``gid``, with the agent's capabilities."""
 
 
 @dataclass
@@ -192,6 +201,7 @@ def _prober(
             return await exec_probe(
                 command, target_pid=target.pid, uid=target.uid, gid=target.gid,
                 timeout=timeout, cgroup_procs=target.cgroup_procs,
+                target_start_time=target.start_time, container=target.container,
             )  # fmt: skip
 
         return run_exec
