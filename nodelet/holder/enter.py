@@ -142,17 +142,24 @@ def open_sibling(pid: int) -> Target:
     """Our parent's child ``pid`` (numbered in our PID namespace): a holder's container, seen
     from a child the holder forked for a hook. The host's /proc numbers it differently when
     the holder is PID 1 of the pod's PID namespace, so it is found among the parent's
-    children by its innermost pid; the pidfd is opened first, so the match is that process."""
+    children by its pid in our namespace (its ``NSpid`` at our level); the pidfd is opened
+    first, so the match is that process."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise _gone(pid) from None
     try:
+        me = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            level = len(_nspids(me)) - 1
+        finally:
+            os.close(me)
         parent = int(_read("/proc/self/stat").rsplit(b")", 1)[1].split()[1])
         children = _read(f"/proc/{parent}/task/{parent}/children").split()
         for child in children:
             proc = os.open(f"/proc/{child.decode()}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            if _innermost_pid(proc) == pid:
+            nspids = _nspids(proc)
+            if len(nspids) > level and nspids[level] == pid:
                 target = Target(pidfd, proc, int(child))
                 if not target.alive():
                     target.close()
@@ -171,14 +178,15 @@ def _read(path: str) -> bytes:
         return file.read()
 
 
-def _innermost_pid(proc: int) -> int:
+def _nspids(proc: int) -> list[int]:
+    """The process's pid in each PID namespace, the host's first (``NSpid``)."""
     fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
     try:
         text = os.read(fd, 65536)
     finally:
         os.close(fd)
     line = next(ln for ln in text.splitlines() if ln.startswith(b"NSpid:"))
-    return int(line.split()[-1])
+    return [int(n) for n in line.split()[1:]]
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
