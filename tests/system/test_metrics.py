@@ -122,4 +122,4 @@ def test_init_containers_and_config_errors_are_labelled(agent: Agent) -> None:
         return samples if failed >= 1 else None
 
     samples = wait_for(config_error, 20, "a config error counted")
-    assert value(samples, "kubelet_started_containers_total", container_type="init_container") == 1
+    assert value(samples, "kubelet_started_containers_total", container_type="init_container") >= 1
