@@ -3,6 +3,7 @@ dir's, and stay when the server goes away."""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import threading
@@ -159,7 +160,7 @@ def test_url_pods_and_manifest_dir_pods_run_together(
     agent.write_manifest("file.yaml", json.dumps(sleeper("from-file", "f")))
     agent.start()
     for name in ("url-a", "url-b", "from-file"):
-        wait_for(lambda name=name: agent.running(name), 30, f"{name} running")
+        wait_for(functools.partial(agent.running, name), 30, f"{name} running")
     # One bad pod in a list: kubelet keeps the last good set; nodelet also says why.
     bad = sleeper("url-c", "c")
     bad["spec"]["containers"][0]["name"] = "Not_A_Name"
