@@ -152,11 +152,12 @@ def pods(args: argparse.Namespace) -> int:
 
 
 def _warnings(client: LocalAPIClient) -> list[Any]:
-    """``/warnings``' items; none from an older agent, which has no such route."""
+    """``/warnings``' items. They add to the listing and must not stop it: none from an older
+    agent (no such route), a note on stderr when they cannot be read."""
     try:
         items: list[Any] = client.get("/warnings")["items"]
-    except OSError as err:
-        if "HTTP 404" in str(err) or getattr(err, "code", None) == 404:
-            return []
-        raise
+    except (OSError, http.client.HTTPException, ValueError, LookupError) as err:
+        if "HTTP 404" not in str(err) and getattr(err, "code", None) != 404:
+            print(f"nodelet pods: cannot read manifest warnings: {err!r}", file=sys.stderr)
+        return []
     return items
