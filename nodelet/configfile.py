@@ -382,6 +382,21 @@ def _text(key: str, value: Any) -> str | None:
     return value or None
 
 
+def manifest_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a manifest URL: kubelet's HTTP source speaks http(s) only (and a
+    ``file:`` URL would read any file on the node)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest:
+        return f"{url!r} is not an http:// or https:// URL"
+    return None
+
+
+def _manifest_url(key: str, value: Any) -> str | None:
+    if value and (why := manifest_url_problem(value)):
+        raise ValueError(why)
+    return value or None
+
+
 def _path(key: str, value: Any) -> Path | None:
     if not value:
         return None
@@ -425,7 +440,12 @@ def _strings(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _url_headers(key: str, value: Any) -> tuple[tuple[str, str], ...]:
-    return tuple((name, item) for name, items in sorted(value.items()) for item in items or [])
+    return tuple(
+        (name, item)
+        for name, items in sorted(value.items())
+        for item in items or []
+        if item is not None
+    )
 
 
 def _backoff_max(key: str, value: Any) -> float | None:
@@ -442,7 +462,7 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "podLogsDir": ("pod_logs_dir", _path),
     "fileCheckFrequency": ("file_check_frequency", _nonnegative_seconds),
     "httpCheckFrequency": ("http_check_frequency", _nonnegative_seconds),
-    "staticPodURL": ("manifest_url", _text),
+    "staticPodURL": ("manifest_url", _manifest_url),
     "staticPodURLHeader": ("manifest_url_headers", _url_headers),
     "port": ("kubelet_port", _port),
     "healthzPort": ("healthz_port", _healthz_port),

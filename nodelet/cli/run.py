@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from nodelet.config import AgentConfig
-from nodelet.configfile import MANIFEST_VALIDATION_MODES, format_duration, go_duration
+from nodelet.configfile import (
+    MANIFEST_VALIDATION_MODES,
+    format_duration,
+    go_duration,
+    manifest_url_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ def add_run_arguments(sub: Any) -> None:
     )
     run.add_argument(
         "--manifest-url",
+        type=manifest_url,
         help="URL of a Pod or PodList to run as static pods, polled (kubelet's staticPodURL)",
     )
     run.add_argument(
@@ -259,6 +265,12 @@ def log_max_files(text: str) -> int:
 
 def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def manifest_url(text: str) -> str:
+    if why := manifest_url_problem(text):
+        raise argparse.ArgumentTypeError(why)
+    return text
 
 
 def url_headers(text: str) -> tuple[tuple[str, str], ...]:

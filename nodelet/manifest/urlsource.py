@@ -59,6 +59,8 @@ class FetchError(Exception):
 
 def fetch(url: str, headers: tuple[tuple[str, str], ...]) -> bytes:
     """The body of a 200 answer (at most ``MAX_MANIFEST_BYTES``), else ``FetchError``."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise FetchError(f"{url}: not an http:// or https:// URL")
     request = urllib.request.Request(url, headers=dict(_joined(headers)))
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:

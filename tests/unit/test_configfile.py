@@ -109,6 +109,10 @@ def test_the_schema_knows_every_key_kubeadm_writes() -> None:
         ("healthzBindAddress: 0.0.0.0\n", "healthzBindAddress: '0.0.0.0' is not supported"),
         ("staticPodPath: manifests\n", "staticPodPath: 'manifests' must be an absolute path"),
         (
+            "staticPodURL: file:///etc/shadow\n",
+            "staticPodURL: 'file:///etc/shadow' is not an http:// or https:// URL",
+        ),
+        (
             "crashLoopBackOff:\n  maxContainerRestartPeriod: 10m\n",
             "maxContainerRestartPeriod: must be between 1s and 300s",
         ),
