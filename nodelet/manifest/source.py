@@ -75,6 +75,7 @@ either way."""
 InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
 
 Result = StaticPod | Rejection
+Loader = Callable[[str, str], Result]
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class ManifestSource:
         file_check_frequency: float = 20.0,
         settle_seconds: float = 2.0,
         manifest_validation: str = STRICT,
+        loader: Loader | None = None,
     ) -> None:
         self._dir = directory
         self._node = node_name
@@ -132,6 +134,8 @@ class ManifestSource:
         self._period = file_check_frequency
         self._settle = settle_seconds
         self._validation = manifest_validation
+        self._loader = loader
+        """Instead of ``load_with_warnings`` (tests): a loader that gives no warnings."""
         self._wake = asyncio.Event()
         self._settle_timer: asyncio.TimerHandle | None = None
         """Wakes the loop when a file modified without a close settles (a write event alone
@@ -311,9 +315,7 @@ class ManifestSource:
             if holders:
                 return self._held(path, previous, holders, warned)
         self._closed.discard(name)
-        result, warnings = await asyncio.to_thread(
-            load_with_warnings, str(path), self._node, None, self._validation
-        )
+        result, warnings = await asyncio.to_thread(self._load, str(path))
         if key is not None:
             self._cache[name] = (key, result, warnings)
         if isinstance(result, Rejection):
@@ -322,6 +324,11 @@ class ManifestSource:
         for err in warnings.errors if warnings else ():
             log.warning("manifest warning: %s", err)
         return _Outcome(result, warnings=warnings)
+
+    def _load(self, path: str) -> tuple[Result, ManifestWarnings | None]:
+        if self._loader is not None:
+            return self._loader(path, self._node), None
+        return load_with_warnings(path, self._node, None, self._validation)
 
     def _held(
         self,
