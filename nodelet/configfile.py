@@ -448,6 +448,26 @@ def _url_headers(key: str, value: Any) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _log_max_size(key: str, value: Any) -> int | None:
+    if not value:
+        return None  # kubelet's defaulting: "" is 10Mi
+    from nodelet.cgroups.quantity import QuantityError, bytes_of
+
+    try:
+        size = bytes_of(value.strip())
+    except (QuantityError, ValueError):
+        size = 0
+    if size < 1:
+        raise ValueError(f"{value!r} is not a size (a quantity such as 10Mi)")
+    return size
+
+
+def _log_max_files(key: str, value: Any) -> int:
+    if value < 2:
+        raise ValueError(f"{value} must be greater than 1 (the current file and a rotated one)")
+    return int(value)
+
+
 def _backoff_max(key: str, value: Any) -> float | None:
     seconds = go_duration(value)
     if not 1 <= seconds <= 300:
@@ -476,6 +496,8 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "registerNode": ("register_node", _flag),
     "allowedUnsafeSysctls": ("allowed_unsafe_sysctls", _strings),
     "seccompDefault": ("seccomp_default", _flag),
+    "containerLogMaxSize": ("container_log_max_size", _log_max_size),
+    "containerLogMaxFiles": ("container_log_max_files", _log_max_files),
 }
 """kubelet key -> (AgentConfig field, converter). A converter returns None for kubelet's
 "unset" (the field keeps nodelet's default) and raises ValueError for a value nodelet refuses.
@@ -631,6 +653,8 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "registerNode": config.register_node,
             "allowedUnsafeSysctls": list(config.allowed_unsafe_sysctls),
             "seccompDefault": config.seccomp_default,
+            "containerLogMaxSize": _size(config.container_log_max_size),
+            "containerLogMaxFiles": config.container_log_max_files,
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},
         }
     )
@@ -647,6 +671,14 @@ def _header_map(headers: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
     for name, value in headers:
         found.setdefault(name, []).append(value)
     return found
+
+
+def _size(size: int) -> str:
+    """A byte count as a quantity kubelet writes (``10Mi``), exact."""
+    for suffix, unit in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
 
 
 def _number(value: float) -> int | float:

@@ -108,6 +108,8 @@ def test_the_schema_knows_every_key_kubeadm_writes() -> None:
         ("clusterDNS: 10.96.0.10\n", "clusterDNS: expected a list, got a string"),
         ("healthzBindAddress: 0.0.0.0\n", "healthzBindAddress: '0.0.0.0' is not supported"),
         ("staticPodPath: manifests\n", "staticPodPath: 'manifests' must be an absolute path"),
+        ("containerLogMaxSize: lots\n", "containerLogMaxSize: 'lots' is not a size"),
+        ("containerLogMaxFiles: 1\n", "containerLogMaxFiles: 1 must be greater than 1"),
         (
             "staticPodURL: file:///etc/shadow\n",
             "staticPodURL: 'file:///etc/shadow' is not an http:// or https:// URL",
@@ -154,7 +156,9 @@ def test_honoured_keys_reach_the_agent_config(tmp_path: Path) -> None:
         "registerNode: false\n"
         "allowedUnsafeSysctls: [net.core.somaxconn, 'kernel.msg*']\n"
         "seccompDefault: true\n"
-        "crashLoopBackOff:\n  maxContainerRestartPeriod: 30s\n",
+        "crashLoopBackOff:\n  maxContainerRestartPeriod: 30s\n"
+        "containerLogMaxSize: 5Mi\n"
+        "containerLogMaxFiles: 3\n",
     )
     config = config_from(["--config", str(path)])
     assert config.pod_manifest_path == Path("/srv/manifests")
@@ -174,6 +178,7 @@ def test_honoured_keys_reach_the_agent_config(tmp_path: Path) -> None:
     assert config.allowed_unsafe_sysctls == ("net.core.somaxconn", "kernel.msg*")
     assert config.seccomp_default is True
     assert config.backoff_max == 30.0
+    assert (config.container_log_max_size, config.container_log_max_files) == (5 * 2**20, 3)
 
 
 def test_flags_given_win_and_flags_left_out_do_not(tmp_path: Path) -> None:
@@ -246,7 +251,9 @@ def test_a_kind_given_twice_is_refused(tmp_path: Path) -> None:
 
 
 def test_print_config_reads_back_as_the_same_config(tmp_path: Path) -> None:
-    path = kubelet_file(tmp_path, "fileCheckFrequency: 1m30s\npodPidsLimit: 50\n")
+    path = kubelet_file(
+        tmp_path, "fileCheckFrequency: 1m30s\npodPidsLimit: 50\ncontainerLogMaxSize: 3Mi\n"
+    )
     config = config_from(["--config", str(path), "--manifest-validation", "Warn"])
     printed = tmp_path / "printed.yaml"
     printed.write_text(print_config(config))
