@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodelet import reasons
 from nodelet.model import ManifestError, Rejection, StaticPod
-from nodelet.ops import health, notify
+from nodelet.ops import health, notify, systemd
 from nodelet.ops.health import Check, SyncLoopMonitor
 from nodelet.ops.metrics import (
     AgentMetrics,
@@ -22,6 +22,7 @@ from nodelet.ops.metrics import (
     container_states,
     rejection_reason,
 )
+from nodelet.ops.systemd import SystemdReporter
 from nodelet.runtime.api import ContainerRecord, SandboxStatus
 
 pytestmark = pytest.mark.unit
@@ -329,3 +330,66 @@ def test_registries_are_per_agent() -> None:
     one.pod_event(reasons.STARTED_EVENT, "spec.containers{app}", None)
     key = ("kubelet_started_containers_total", (("container_type", "container"),))
     assert samples(one)[key] == 1 and samples(two)[key] == 0
+
+
+# -- systemd reporter ------------------------------------------------------------------------
+
+
+class Datagrams:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+
+    def read(self) -> list[str]:
+        got = []
+        while True:
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return got
+
+
+def test_ready_waits_for_a_complete_read_but_not_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(systemd, "READY_AT_THE_LATEST", 0.2)
+    listener = Datagrams(tmp_path / "n")
+    reporter = SystemdReporter(
+        notify.NotifyEnv(str(tmp_path / "n")),
+        lambda complete: "0 of 1 pods running" + ("" if complete else "; incomplete"),
+        list,
+    )
+
+    async def scenario() -> None:
+        reporter.sources_read(complete=False)  # a file still held open by its writer
+        await asyncio.sleep(0.05)
+        assert listener.read() == []
+        await asyncio.sleep(0.3)
+        assert listener.read() == ["READY=1\nSTATUS=0 of 1 pods running; incomplete"]
+        reporter.sources_read(complete=True)
+        await asyncio.sleep(1.2)  # STATUS= waits for the rate limit, then follows
+        assert listener.read() == ["STATUS=0 of 1 pods running"]
+        reporter.stopping()
+        assert listener.read() == ["STOPPING=1\nSTATUS=stopping; pods keep running"]
+
+    asyncio.run(scenario())
+
+
+def test_watchdog_pings_only_while_healthy(tmp_path: Path) -> None:
+    listener = Datagrams(tmp_path / "n")
+    checks = [Check("syncloop", "stuck")]
+    reporter = SystemdReporter(notify.NotifyEnv(str(tmp_path / "n"), 0.1), str, lambda: checks)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(reporter.heartbeat())
+        await asyncio.sleep(0.3)
+        assert listener.read() == []  # a stuck worker or a stale source: no pings
+        checks[:] = [Check("syncloop")]
+        await asyncio.sleep(0.3)
+        assert listener.read().count("WATCHDOG=1") >= 3  # every half timeout
+        task.cancel()
+
+    asyncio.run(scenario())
+    no_watchdog = SystemdReporter(notify.NotifyEnv(str(tmp_path / "n")), str, list)
+    asyncio.run(asyncio.wait_for(no_watchdog.heartbeat(), 1))  # returns at once
