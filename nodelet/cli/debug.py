@@ -57,7 +57,7 @@ def debug_command(args: argparse.Namespace) -> int:
             pids = enter.Plan(pid=target, argv=[], env={}, namespaces=("pid",), root=False)
             enter.open_target(pids)
             plan.fds.update(pids.fds)
+        return enter.run(plan)
     except (OpsError, enter.EnterError, OSError) as err:
         print(f"nodelet debug: {err}", file=sys.stderr)
         return 1
-    return enter.run(plan)

@@ -188,12 +188,15 @@ def run(plan: Plan) -> int:
         linux.setns(plan.fds["pid"], linux.CLONE_NEWPID)
     try:
         pid = os.fork()
-    finally:
-        if home_pid is not None:
-            linux.setns(home_pid, linux.CLONE_NEWPID)
-            os.close(home_pid)
+    except OSError:
+        pid = -1
     if pid == 0:
-        _child(plan)
+        _child(plan)  # never returns; the way back below is the parent's alone
+    if home_pid is not None:
+        linux.setns(home_pid, linux.CLONE_NEWPID)
+        os.close(home_pid)
+    if pid < 0:
+        raise EnterError("cannot fork")
     for fd in plan.fds.values():
         os.close(fd)
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}

@@ -86,10 +86,7 @@ def exec_command(args: argparse.Namespace) -> int:
         plan = plan_for(run, argv, args.stdin, args.tty)
         enter.open_target(plan)
         running_pid(run)  # the fds are of the container, not of a reused pid
-    except (OpsError, enter.EnterError) as err:
+        return enter.run(plan)
+    except (OpsError, enter.EnterError, OSError) as err:
         print(f"nodelet exec: {err}", file=sys.stderr)
         return 1
-    except OSError as err:
-        print(f"nodelet exec: {err}", file=sys.stderr)
-        return 1
-    return enter.run(plan)
