@@ -96,6 +96,7 @@ def test_exec_runs_in_the_pods_namespaces_as_the_container(
     assert ours == theirs
     assert ours["Uid"].split()[0] == "1000" and "4242" in ours["Groups"].split()
     assert ours["NoNewPrivs"] == "1"
+    assert (ours["Seccomp"], ours["Seccomp_filters"]) == ("2", "1")  # its filter, only once
     assert int(ours["CapBnd"], 16) == 1 << 10  # NET_BIND_SERVICE only
     assert "pwd=/tmp greeting=hello-exec" in probe.stdout
 
