@@ -537,6 +537,10 @@ class PodWorker:
             last = sandbox.latest(name)
             if last is None or last.running or (name, last.attempt) in self._oom_checked:
                 continue
+            if last.reason == reasons.CONTAINER_STATUS_UNKNOWN:
+                # Reaped but not journaled yet (the holder drains its output first): its log
+                # may still lack the last lines. Looked at when the holder reports the exit.
+                continue
             self._oom_checked.add((name, last.attempt))
             await self._fallback_message(name, last)
             if driver is None:

@@ -180,7 +180,8 @@ def test_run_as_user_and_group_from_pod_and_container(agent: Agent) -> None:
     inherits, overrides, only_group = (process_with(marks[n]) for n in marks)
     assert status_field(inherits, "Uid") == ["4242"] * 4
     assert status_field(inherits, "Gid") == ["4545"] * 4
-    assert status_field(inherits, "Groups") == ["4646"]
+    # containerd's additional gids always hold the primary gid (ensureAdditionalGids).
+    assert status_field(inherits, "Groups") == ["4545", "4646"]
     assert status_field(overrides, "Uid") == ["4343"] * 4
     assert status_field(overrides, "Gid") == ["4545"] * 4
     assert status_field(only_group, "Uid") == ["0"] * 4
