@@ -3,9 +3,9 @@
 The manifest has kubeadm's shape (``cmd/kubeadm/app/phases/etcd/local.go``): hostNetwork,
 priorityClassName system-node-critical, resources.requests, the data dir on a hostPath, and a
 startupProbe and a livenessProbe that GET ``/health?exclude=NOSPACE&serializable=true`` on the
-metrics listener at 127.0.0.1. Adapted for a test: loopback and free ports, plain http (no
-certificates), kubeadm's probe values shortened, and no ``seccompProfile: RuntimeDefault`` (the
-security issue owns that field; until it lands nodelet refuses it).
+metrics listener at 127.0.0.1, and ``securityContext.seccompProfile: RuntimeDefault``. Adapted
+for a test: loopback and free ports, plain http (no certificates), kubeadm's probe values
+shortened.
 
 ``kill -STOP`` of etcd hangs its HTTP listener: the liveness probe must restart it after
 failureThreshold x period, and the restarted etcd must find its data on the hostPath."""
@@ -143,6 +143,7 @@ def manifest(member: Etcd) -> str:
             "hostNetwork": True,
             "priority": 2000001000,
             "priorityClassName": "system-node-critical",
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "terminationGracePeriodSeconds": GRACE,
             "volumes": [
                 {
@@ -238,6 +239,11 @@ def test_kubeadm_etcd_hung_by_sigstop_is_restarted_by_liveness_with_its_data(
     assert healthy(etcd)
     pod = agent.pod("etcd") or {}
     assert pod["metadata"]["namespace"] == "kube-system"
+    # RuntimeDefault seccomp and containerd's default capabilities, on etcd itself.
+    status = Path(f"/proc/{one_pid(etcd)}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Seccomp"].strip() == "2"
+    assert int(fields["CapEff"], 16) == 0xA80425FB
     assert pod["spec"]["priorityClassName"] == "system-node-critical"
 
     put(etcd, "/registry/nlt/kept", "value-before-the-hang")
