@@ -37,6 +37,7 @@ SOURCE = Path(__file__).resolve().parents[2] / "static-pods" / "control-plane"
 """The manifests as the repository holds them, with the defaults below."""
 DEFAULT_DIR = Path("/var/lib/nodelet-demo")
 DEFAULT_ETCD_PORT, DEFAULT_ETCD_PEER_PORT, DEFAULT_APISERVER_PORT = 2379, 2380, 6443
+DEFAULT_ETCD_METRICS_PORT = 2381
 DEFAULT_ETCD = Path("/usr/bin/etcd")
 PODS = ("etcd", "kube-apiserver")
 """The manifests' pod names; their mirror pods are named `<pod>-<node>`."""
@@ -56,6 +57,8 @@ class Layout:
     envtest_bin: Path = DEFAULT_ENVTEST_BIN
     """kube-apiserver and kubectl, as `make envtest` installs them."""
     etcd: Path = DEFAULT_ETCD
+    etcd_metrics_port: int = DEFAULT_ETCD_METRICS_PORT
+    """etcd's plain-HTTP metrics listener, which its probes GET."""
 
     @property
     def pki(self) -> Path:
@@ -92,6 +95,9 @@ def render(text: str, layout: Layout) -> str:
         f"127.0.0.1:{DEFAULT_ETCD_PEER_PORT}": f"127.0.0.1:{layout.etcd_peer_port}",
         f"127.0.0.1:{DEFAULT_APISERVER_PORT}": f"127.0.0.1:{layout.apiserver_port}",
         f"--secure-port={DEFAULT_APISERVER_PORT}": f"--secure-port={layout.apiserver_port}",
+        f"127.0.0.1:{DEFAULT_ETCD_METRICS_PORT}": f"127.0.0.1:{layout.etcd_metrics_port}",
+        f"port: {DEFAULT_APISERVER_PORT}\n": f"port: {layout.apiserver_port}\n",
+        f"port: {DEFAULT_ETCD_METRICS_PORT}\n": f"port: {layout.etcd_metrics_port}\n",
     }
     for default, value in replacements.items():
         text = text.replace(default, value)

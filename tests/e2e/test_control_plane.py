@@ -49,12 +49,15 @@ def control_plane(with_kubeconfig: bool) -> Iterator[tuple[Agent, Layout]]:
     except EnvtestError as error:
         pytest.fail(str(error), pytrace=False)
     ports: set[int] = set()
-    while len(ports) < 3:
+    while len(ports) < 4:
         ports.add(free_port())
-    etcd_port, peer_port, apiserver_port = sorted(ports)
+    etcd_port, peer_port, apiserver_port, metrics_port = sorted(ports)
     work = Path(tempfile.mkdtemp(prefix="nlt-"))
     try:
-        layout = Layout(work, etcd_port, peer_port, apiserver_port, binaries.kubectl.parent)
+        layout = Layout(
+            work, etcd_port, peer_port, apiserver_port, binaries.kubectl.parent,
+            etcd_metrics_port=metrics_port,
+        )  # fmt: skip
         write_pki(layout, NODE)
         args = BACKOFF + (["--kubeconfig", str(layout.node_kubeconfig)] if with_kubeconfig else [])
         with agent_session(args) as make:
@@ -84,12 +87,23 @@ def restarts(agent: Agent, pod: str) -> int | None:
     return None if status is None else int(status["restartCount"])
 
 
-def etcd_pids(agent: Agent) -> list[int]:
-    """The running etcd container's pid, as the pod's holder journals it (tests print nothing)."""
-    pod = agent.pod("etcd")
+def running_pids(agent: Agent, name: str) -> list[int]:
+    """The running container's pid, as the pod's holder journals it (tests print nothing)."""
+    pod = agent.pod(name)
     assert pod is not None
     records = journal.read_journals(agent.run_dir / "pods" / pod["metadata"]["uid"])
-    return [r.pid for r in records if r.name == "etcd" and r.running]
+    return [r.pid for r in records if r.name == name and r.running]
+
+
+def etcd_pids(agent: Agent) -> list[int]:
+    return running_pids(agent, "etcd")
+
+
+def kubeadm_security(pid: int) -> bool:
+    """kubeadm's manifests ask for seccomp RuntimeDefault: filtered, containerd's 14 caps."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return fields["Seccomp"].strip() == "2" and int(fields["CapEff"], 16) == 0xA80425FB
 
 
 def kill_etcd(agent: Agent, layout: Layout) -> int:
@@ -109,6 +123,13 @@ def test_control_plane_runs_as_static_pods_and_etcd_restarts() -> None:
     with control_plane(with_kubeconfig=False) as (agent, layout):
         wait_for(lambda: both_running(agent), TIMEOUT, "etcd and kube-apiserver running")
         wait_for(lambda: apiserver_ready(layout), TIMEOUT, "/readyz ok through kubectl")
+        for name in ("etcd", "kube-apiserver"):
+            (pid,) = running_pids(agent, name)
+            assert kubeadm_security(pid), f"{name} runs without kubeadm's securityContext"
+            # Its startup and readiness probes (HTTPS /livez, /readyz for the API server) pass.
+            wait_for(lambda n=name: (agent.container_status(n, n) or {}).get("ready"), TIMEOUT,
+                     f"{name} ready by its probes")  # fmt: skip
+            assert (agent.container_status(name, name) or {}).get("started") is True
         wait_for(lambda: kubectl(layout, "create", "namespace", "before-kill"), TIMEOUT,
                  "a namespace created")  # fmt: skip
         killed = kill_etcd(agent, layout)
