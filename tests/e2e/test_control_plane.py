@@ -8,6 +8,7 @@ harness stops the agent and every process the test started, by pid, even when a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -99,6 +100,11 @@ def etcd_pids(agent: Agent) -> list[int]:
     return running_pids(agent, "etcd")
 
 
+def container_ready(agent: Agent, name: str) -> bool:
+    """The pod's one container (named as the pod) is ready."""
+    return (agent.container_status(name, name) or {}).get("ready") is True
+
+
 def kubeadm_security(pid: int) -> bool:
     """kubeadm's manifests ask for seccomp RuntimeDefault: filtered, containerd's 14 caps."""
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -127,7 +133,7 @@ def test_control_plane_runs_as_static_pods_and_etcd_restarts() -> None:
             (pid,) = running_pids(agent, name)
             assert kubeadm_security(pid), f"{name} runs without kubeadm's securityContext"
             # Its startup and readiness probes (HTTPS /livez, /readyz for the API server) pass.
-            wait_for(lambda n=name: (agent.container_status(n, n) or {}).get("ready"), TIMEOUT,
+            wait_for(functools.partial(container_ready, agent, name), TIMEOUT,
                      f"{name} ready by its probes")  # fmt: skip
             assert (agent.container_status(name, name) or {}).get("started") is True
         wait_for(lambda: kubectl(layout, "create", "namespace", "before-kill"), TIMEOUT,
