@@ -49,10 +49,11 @@ class PodServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.headers.append(dict(self.headers))
-                self.send_response(owner.status)
-                self.send_header("Content-Length", str(len(owner.body)))
+                body, status = owner.body, owner.status  # one answer, even while a test changes it
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(owner.body)
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
