@@ -23,7 +23,7 @@ from nodelet.cluster.mirrorplan import DISABLED, SYNCED
 from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
-from nodelet.logs import retention
+from nodelet.logs import retention, rotation
 from nodelet.manifest import schemacache, warnings
 from nodelet.manifest.merge import MergedSources
 from nodelet.manifest.snapshot import SourceSnapshot
@@ -37,10 +37,12 @@ from nodelet.ops.metrics import AgentMetrics, AgentView, container_name
 from nodelet.ops.systemd import SystemdReporter
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
+from nodelet.pod.volumes import sweep_orphan_volumes
 from nodelet.pod.worker import WorkerContext, WorkerState, describe
 from nodelet.pod.workers import PodWorkers
 from nodelet.reasons import EVENT_WARNING
-from nodelet.runtime.api import KnownPod, Runtime
+from nodelet.runtime.api import ContainerConfig, KnownPod, Runtime
+from nodelet.server.containers import containers_route
 from nodelet.server.local import (
     LocalServer,
     redact_pod_list,
@@ -126,7 +128,17 @@ class Agent:
                 "/stats/summary": self._stats_summary,
             },
             socket_path=config.socket_path,
+            queries={
+                "/containers": containers_route(
+                    lambda: list(self.pods.desired.values()), runtime, self._started_config
+                )
+            },
         )
+        self._swept = False
+
+    def _started_config(self, uid: str, name: str) -> ContainerConfig | None:
+        worker = self.pods.workers.get(uid)
+        return worker.started_config(name) if worker is not None else None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -162,6 +174,10 @@ class Agent:
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
+        rotation_task = asyncio.create_task(
+            rotation.run_rotation(self.config.pod_logs_dir, self.config.container_log_max_files),
+            name="log-rotation",
+        )
         watchdog = asyncio.create_task(self.systemd.heartbeat(), name="systemd-watchdog")
         watchdog.add_done_callback(_log_failure)
         url_tasks = []
@@ -172,7 +188,7 @@ class Agent:
         finally:
             log.info("stopping; pods keep running")
             self.systemd.stopping()
-            for task in (source_task, gc_task, watchdog, *url_tasks):
+            for task in (source_task, gc_task, rotation_task, watchdog, *url_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -231,6 +247,15 @@ class Agent:
         # READY=1 once the pods found at start are adopted (before the source ran) and the
         # manifest dir was read completely.
         self.systemd.sources_read(snapshot.complete)
+        if self.pods.sources_ready and not self._swept:
+            self._swept = True
+            keep = set(self.pods.desired) | set(self.pods.workers)
+            sweep = asyncio.create_task(
+                asyncio.to_thread(sweep_orphan_volumes, self.config.pods_state_dir, keep),
+                name="orphan-volumes",
+            )
+            sweep.add_done_callback(_log_failure)
+            sweep.add_done_callback(_log_swept)
         if self.cluster is not None:
             self.cluster.pods_changed(self.pods.desired.values(), self.pods.sources_ready)
             self.cluster.rejected(self.rejected)
@@ -364,9 +389,14 @@ def url_source(config: AgentConfig, merged: MergedSources) -> URLSource | None:
     )
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
+def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _log_swept(task: asyncio.Task[list[str]]) -> None:
+    if not task.cancelled() and task.exception() is None and task.result():
+        log.info("removed the state dirs of orphaned pods: %s", ", ".join(task.result()))
 
 
 def cluster_sync(config: AgentConfig) -> ClusterSync | None:

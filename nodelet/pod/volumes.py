@@ -12,9 +12,10 @@ never chowned.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ EMPTY_DIR_MODE = 0o777
 MEMORY = "Memory"
 USAGE_WALK_MAX_ENTRIES = 200_000
 """How many entries ``empty_dir_overuse`` looks at in one volume before it stops counting."""
+
+log = logging.getLogger(__name__)
 
 
 class VolumeError(Exception):
@@ -376,3 +379,23 @@ def empty_dir_overuse(pods_state_dir: Path, pod_uid: str, spec: Mapping[str, Any
                 f"Usage of EmptyDir volume {name} exceeds the limit {downwardapi.go_quote(size)}. "
             )
     return None
+
+
+def sweep_orphan_volumes(pods_state_dir: Path, keep: Collection[str]) -> list[str]:
+    """kubelet's orphaned-pod cleanup: remove the state dirs (unmounting their tmpfs volumes)
+    of pods that are neither desired nor running, left by pods removed while the agent was
+    down or whose removal failed. Returns the UIDs removed; a dir that cannot be is logged."""
+    removed: list[str] = []
+    try:
+        entries = sorted(os.listdir(pods_state_dir))
+    except FileNotFoundError:
+        return removed
+    for uid in entries:
+        if uid in keep:
+            continue
+        try:
+            remove_pod_volumes(pods_state_dir, uid)
+            removed.append(uid)
+        except (OSError, safepath.UnsafePathError) as err:
+            log.error("cannot remove the state dir of orphaned pod %s: %s", uid, err)
+    return removed

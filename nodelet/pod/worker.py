@@ -408,6 +408,10 @@ class PodWorker:
             killed = True
         return killed
 
+    def started_config(self, name: str) -> ContainerConfig | None:
+        """The config the container's latest start was prepared with (``nodelet exec``)."""
+        return self._configs.get(name)
+
     def _probe_target(
         self, sandbox: SandboxStatus | None, record: ContainerRecord, container: Mapping[str, Any]
     ) -> ProbeTarget:
@@ -626,7 +630,11 @@ class PodWorker:
                 start.attempt,
             )
             self._configs[start.name] = config
-            config = dataclasses.replace(config, cgroup_procs=await self._container_cgroup(start))
+            config = dataclasses.replace(
+                config,
+                cgroup_procs=await self._container_cgroup(start),
+                log_max_bytes=self._ctx.config.container_log_max_size,
+            )
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
             record = await self._ctx.runtime.start_container(self.uid, config)
         except (ContainerConfigError, VolumeError, QuantityError, OSError) as err:

@@ -10,12 +10,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nodelet.pod import mounts
 from tests.agentharness import Agent, wait_for
 from tests.system.test_wiring import manifest, marker, process_with, status_field
 
@@ -338,3 +339,34 @@ def test_a_disk_empty_dir_past_its_size_limit_evicts_the_pod(agent: Agent) -> No
         (agent.manifests / "evict.json").unlink(missing_ok=True)
         wait_for(lambda: agent.pod("evict") is None, 20, "evicted pod removed")
         Path("/nlt-cache").rmdir()
+
+
+def test_a_started_agent_sweeps_the_volumes_of_pods_that_are_gone(
+    agents: Callable[[], Agent],
+) -> None:
+    """A pod removed while the agent was down (or after a reboot) left its state dir and a tmpfs
+    volume: once every source was read, the agent unmounts and removes it, and keeps a
+    desired pod's."""
+    agent = agents()
+    orphan = agent.root / "pods" / "nlt-orphan-uid" / "volumes" / "kubernetes.io~empty-dir" / "m"
+    orphan.mkdir(parents=True)
+    mounts.mount_tmpfs(str(orphan), ["size=1048576"])
+    try:
+        kept_pod = manifest(
+            "kept", [container("c", marker("kept"))], volumes=[{"name": "d", "emptyDir": {}}]
+        )
+        agent.write_manifest("kept.json", kept_pod)
+        agent.start()
+        wait_for(lambda: agent.running("kept"), 20, "the desired pod running")
+        kept = agent.root / "pods" / (agent.pod("kept") or {})["metadata"]["uid"]
+
+        def swept() -> bool:
+            return not (agent.root / "pods" / "nlt-orphan-uid").exists()
+
+        wait_for(swept, 10, "the orphan's state dir removed")
+        assert not [m for m in mounts.mounts_below(str(agent.root / "pods"))
+                    if "nlt-orphan-uid" in m]  # fmt: skip
+        assert kept.is_dir()
+    finally:
+        for mount_point in mounts.mounts_below(str(orphan.parent)):
+            mounts.unmount(mount_point)
