@@ -363,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.configfile import ConfigFileError, print_config
     from nodelet.logs import agentlog
     from nodelet.runtime.process import ProcessRuntime
+    from nodelet.security.sysctls import allowlist_errors
     from nodelet.util import nodeinfo
 
     agentlog.configure(args.log_format, args.verbose)
@@ -382,6 +383,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if config.kube_api_qps <= 0 or config.kube_api_burst < 1:
         print("nodelet run: --kube-api-qps must be > 0 and --kube-api-burst >= 1", file=sys.stderr)
+        return 2
+    sysctl_errors = allowlist_errors(config.allowed_unsafe_sysctls)
+    if sysctl_errors:  # kubelet refuses to start on these too
+        print(f"nodelet run: --allowed-unsafe-sysctls: {'; '.join(sysctl_errors)}", file=sys.stderr)
         return 2
     if args.print_config:
         sys.stdout.write(print_config(config))

@@ -180,3 +180,15 @@ def test_strict_mode_refuses_the_unknown_field(agent: Agent) -> None:
     assert agent.pod("typo") is None
     assert agent.get("/warnings")["items"] == []
     assert f"REJECTED {agent.manifests / 'typo.yaml'}" in nodelet_pods(agent)
+
+
+def test_an_unsafe_sysctl_pattern_kubelet_refuses_stops_the_agent(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nodelet", "run", "--allowed-unsafe-sysctls",
+         "kernel.msgmax,vm.swappiness", "--print-config", "--hostname-override", NODE,
+         "--node-ip", "127.0.0.1", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert 'the sysctl "vm.swappiness" are not known to be namespaced' in done.stderr
+    assert "kernel.msgmax" not in done.stderr  # an IPC-namespaced one is a valid pattern
