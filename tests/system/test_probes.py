@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nodelet.probe.exec import MAX_OUTPUT, exec_probe
+from nodelet.probe.exec import MAX_OUTPUT, exec_probe, start_time
 from nodelet.probe.http import MAX_BODY, USER_AGENT, http_probe, resolve_port
 from nodelet.probe.netns import socket_in_netns
 from nodelet.probe.result import Outcome, ProbeResult
@@ -586,3 +586,29 @@ def test_exec_joins_the_cgroup_before_running(plain_container: int) -> None:
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+def test_exec_probe_gets_the_containers_security() -> None:
+    """A ``drop: [ALL]`` container with no_new_privs and RuntimeDefault, started by the holder's
+    spawn path: the probe command shows what the container has, not the agent's root set."""
+    from tests.system.test_enter import ZERO, _config, _start, fields
+
+    config = _config([])
+    pid = _start(config)
+    started = start_time(pid)
+    assert started is not None
+    try:
+        result = run_exec(["cat", "/proc/self/status"], pid, container=config,
+                          target_start_time=started)  # fmt: skip
+        assert result.outcome is Outcome.SUCCESS, result.message
+        status = fields(result.message)
+        assert status["Uid"].split() == ["1000"] * 4
+        assert (status["CapEff"], status["CapBnd"]) == (ZERO, ZERO)
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+        gone = run_exec(["true"], pid, container=config, target_start_time=started + 1)
+        assert gone == ProbeResult(
+            Outcome.UNKNOWN, f"process {pid} is not the container's (its pid was reused)"
+        )
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
