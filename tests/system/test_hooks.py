@@ -5,6 +5,7 @@ period, owned by the holder (an agent killed in the middle does not stop it), an
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from nodelet.runtime.api import CapabilitySets, ContainerConfig, Mount, SandboxConfig
+from nodelet.runtime.process import ProcessRuntime
 from tests.agentharness import Agent, agent_session, process_gone, wait_for
 from tests.system.test_lifecycle import marker, process_with
 
@@ -216,3 +219,40 @@ def test_a_failed_poststart_kills_the_container(events: Path) -> None:
 
         status = wait_for(killed, 20, "FailedPostStartHook")
         assert "running" not in status["state"] or status["restartCount"] >= 1
+
+
+async def test_a_prestop_exec_hook_of_a_drop_all_container_has_no_capabilities(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Through a real holder (the process runtime): the handler runs with the container's
+    process spec, as containerd's exec gives it, not with the holder's root capabilities."""
+    base = tmp_path_factory.mktemp("nlt-hookcaps")
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    runtime = ProcessRuntime(base / "run")
+    await runtime.start()
+    uid = f"nlt-hookcaps-{secrets.token_hex(3)}"
+    try:
+        await runtime.run_sandbox(SandboxConfig(uid, "default", uid, "nlt-hookcaps"), {"uid": uid})
+        hook = {"kind": "exec", "argv": ["sh", "-c", "cat /proc/self/status > /mnt/status"]}
+        config = ContainerConfig(
+            "app", 0, ["sleep", "300"], {"PATH": "/usr/bin:/bin"}, str(base / "app.log"),
+            mounts=[Mount(str(shared), "/mnt")], run_as_user=1000, run_as_group=1000,
+            no_new_privileges=True, own_pid_namespace=True, pre_stop=hook,
+            capabilities=CapabilitySets((), (), (), (), ()),
+        )  # fmt: skip
+        await runtime.start_container(uid, config)
+        await runtime.stop_container(uid, "app", 3.0)
+        status = dict(
+            (k, v.strip())
+            for k, _, v in (
+                ln.partition(":") for ln in (shared / "status").read_text().splitlines()
+            )
+        )
+        assert status["Uid"].split() == ["1000"] * 4
+        assert (status["CapEff"], status["CapBnd"]) == ("0" * 16, "0" * 16)
+        assert status["NoNewPrivs"] == "1"
+    finally:
+        await runtime.kill_pod(uid, 0.5)
+        await runtime.close()
