@@ -8,9 +8,10 @@ another host ends the probe with a success and a warning; at most 10 KiB of body
 timeout covers the whole exchange. Failures carry Go's error text, as kubelet's do.
 
 The connection is made from the pod's network namespace, with a small HTTP/1.1 client written
-here for the one request a probe makes (:mod:`~nodelet.probe.conn` drives the socket,
-:mod:`~nodelet.probe.httpresponse` reads the answer). The request of a probe is built once and
-kept: the same few probes run every period, and building it cost more than sending it.
+here for the one request a probe makes (:mod:`~nodelet.probe.exchange` drives the socket from
+the selector, :mod:`~nodelet.probe.httpresponse` parses the answer). The request of a probe
+is built once and kept: the same few probes run every period, and building it cost more than
+sending it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodelet.cluster.nodeobject import KUBELET_COMPAT_VERSION
-from nodelet.probe.conn import Conn, TlsConn
-from nodelet.probe.httpresponse import BodyError, ProtocolError, ResponseReader
+from nodelet.probe.exchange import Exchange
+from nodelet.probe.httpresponse import BodyError, ProtocolError, Response, ResponseParser
 from nodelet.probe.result import Outcome, ProbeResult
 from nodelet.probe.tcp import DialError, connect, dial_timeout_error, join_host_port
 
@@ -38,13 +39,6 @@ _SENSITIVE = ("Authorization", "Www-Authenticate", "Cookie", "Cookie2")
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 USER_AGENT = "kube-probe/" + ".".join(KUBELET_COMPAT_VERSION.lstrip("v").split(".")[:2])
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 def resolve_port(port: int | str, container: Mapping[str, Any]) -> int:
@@ -126,30 +120,38 @@ class _Progress:
     failures), or in the body (an error)."""
 
     dialing: tuple[str, int] | None = None
-    reading_body: bool = False
+    parser: ResponseParser | None = None
+
+    @property
+    def reading_body(self) -> bool:
+        return self.parser is not None and self.parser.reading_body
+
+
+def _endpoint(url: urllib.parse.SplitResult) -> tuple[str, int]:
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
 async def _exchange(
-    url: urllib.parse.SplitResult, request: bytes, *, netns: str | None, progress: _Progress
-) -> _Response:
+    url: urllib.parse.SplitResult,
+    endpoint: tuple[str, int],
+    request: bytes,
+    *,
+    netns: str | None,
+    deadline: float,
+    progress: _Progress,
+) -> Response:
     """One request on one connection, closed after it (kubelet disables keep-alives)."""
-    hostname = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    progress.dialing, progress.reading_body = (hostname, port), False
-    sock = await connect(hostname, port, netns=netns)
+    progress.dialing, progress.parser = endpoint, None
+    sock = await connect(*endpoint, netns=netns, deadline=deadline)
     progress.dialing = None
-    conn = TlsConn(sock, hostname) if url.scheme == "https" else Conn(sock)
+    https = url.scheme == "https"
     try:
-        if isinstance(conn, TlsConn):
-            await conn.handshake()
-        await conn.send(request)
-        reader = ResponseReader(conn.recv)
-        status, headers = await reader.head()
-        progress.reading_body = True
-        body = await reader.body(status, headers, MAX_BODY)
-        return _Response(status, headers, body)
-    finally:
-        conn.close()
+        exchange = Exchange(sock, request, MAX_BODY, tls=https, server_hostname=endpoint[0])
+    except BaseException:
+        sock.close()
+        raise
+    progress.parser = exchange.parser
+    return await exchange.run(deadline)
 
 
 def _redirect_headers(
@@ -183,6 +185,8 @@ class _Probe:
     host: str
     """The Host header: a custom ``Host`` entry, else the URL's host:port."""
     request: bytes
+    endpoint: tuple[str, int]
+    """The first request's host name and port."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -193,7 +197,8 @@ def _prepare(
     headers = probe_headers([{"name": name, "value": value} for name, value in pairs])
     first = urllib.parse.urlsplit(url)
     host_header = headers.get("Host", [""])[0] or first.netloc
-    return _Probe(url, first, headers, host_header, _request_bytes(first, host_header, headers))
+    request = _request_bytes(first, host_header, headers)
+    return _Probe(url, first, headers, host_header, request, _endpoint(first))
 
 
 def _probe_of(http_get: Mapping[str, Any], pod_ip: str, port: int) -> _Probe:
@@ -210,16 +215,20 @@ def _probe_of(http_get: Mapping[str, Any], pod_ip: str, port: int) -> _Probe:
     )
 
 
-async def _do(probe: _Probe, *, netns: str | None, progress: _Progress) -> _Response:
+async def _do(
+    probe: _Probe, *, netns: str | None, deadline: float, progress: _Progress
+) -> Response:
     """Go's ``Client.Do`` with kubelet's redirect checker (same host name only, at most 10
     requests). Raises _RedirectLimitError, ProtocolError, BodyError, DialError, OSError."""
     first, headers = probe.first, probe.headers
     custom_host = headers.get("Host", [""])[0]
-    current, request, requests = first, probe.request, 1
+    current, endpoint, request, requests = first, probe.endpoint, probe.request, 1
     while True:
         if current.scheme not in ("http", "https"):
             raise ProtocolError(f"unsupported protocol scheme {current.scheme!r}")
-        response = await _exchange(current, request, netns=netns, progress=progress)
+        response = await _exchange(
+            current, endpoint, request, netns=netns, deadline=deadline, progress=progress
+        )
         location = response.headers.get("location")
         if response.status not in _REDIRECTS or not location:
             return response
@@ -234,7 +243,7 @@ async def _do(probe: _Probe, *, netns: str | None, progress: _Progress) -> _Resp
         host = custom_host if keep else target.netloc
         headers = _redirect_headers(headers, current, target, current.geturl())
         current, requests = target, requests + 1
-        request = _request_bytes(current, host, headers)
+        endpoint, request = _endpoint(current), _request_bytes(current, host, headers)
 
 
 _AWAITING = "(Client.Timeout exceeded while awaiting headers)"
@@ -260,9 +269,9 @@ async def http_probe(
     probe = _probe_of(http_get, pod_ip, port)
     url = probe.url
     progress = _Progress()
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        async with asyncio.timeout(timeout):
-            response = await _do(probe, netns=netns, progress=progress)
+        response = await _do(probe, netns=netns, deadline=deadline, progress=progress)
     except TimeoutError:
         return _timed_out(url, progress)
     except DialError as err:

@@ -9,7 +9,8 @@ longer body is cut, which is no error; one cut short by the server is Go's ``une
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 MAX_LINE = 64 * 1024
 MAX_HEADER_LINES = 1000
@@ -77,83 +78,97 @@ def parse_head(data: bytearray, at_eof: bool) -> tuple[int, dict[str, str], int]
         return status, headers, pos
 
 
-class ResponseReader:
-    """Reads one response from ``recv`` (``b""`` at EOF) through one buffer."""
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
 
-    def __init__(self, recv: Callable[[], Awaitable[bytes]]) -> None:
-        self._recv = recv
+
+class ResponseParser:
+    """One response, fed as it arrives (:meth:`feed`); sans I/O, so whoever drives the socket
+    (selector callbacks, plain or TLS) shares it."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._buf = bytearray()
         self._eof = False
+        self._head: tuple[int, dict[str, str]] | None = None
 
-    async def _fill(self) -> None:
-        data = await self._recv()
+    @property
+    def reading_body(self) -> bool:
+        """The head is in: a failure from now on is a body error (kubelet: a prober error)."""
+        return self._head is not None
+
+    def feed(self, data: bytes) -> Response | None:
+        """Take what arrived (``b""`` is EOF); the response once complete, else None. Raises
+        ProtocolError (the head) or BodyError."""
         if data:
             self._buf += data
         else:
             self._eof = True
-
-    async def head(self) -> tuple[int, dict[str, str]]:
-        """The status and headers of the final response (1xx ones skipped)."""
-        while True:
+        if self._head is None:
             parsed = parse_head(self._buf, self._eof)
-            if parsed is not None:
-                status, headers, end = parsed
-                del self._buf[:end]
-                return status, headers
-            await self._fill()
+            if parsed is None:
+                return None
+            status, headers, end = parsed
+            del self._buf[:end]
+            self._head = status, headers
+        status, headers = self._head
+        body = self._body(status, headers)
+        return None if body is None else Response(status, headers, body)
 
-    async def _line(self) -> bytes:
-        while True:
-            line, end = _line(self._buf, 0, self._eof)
-            if line is not None:
-                del self._buf[:end]
-                return line
-            await self._fill()
+    def _body(self, status: int, headers: Mapping[str, str]) -> bytes | None:
+        if status in (204, 304) or 100 <= status < 200:
+            return b""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return self._chunked()
+        if "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                length = -1
+            if length < 0:
+                raise BodyError(f"bad Content-Length {headers['content-length']!r}")
+            return self._exactly(0, min(length, self._limit))
+        if len(self._buf) < self._limit and not self._eof:
+            return None
+        return bytes(self._buf[: self._limit])
 
-    async def _exactly(self, size: int) -> bytes:
-        while len(self._buf) < size and not self._eof:
-            await self._fill()
-        if len(self._buf) < size:
+    def _exactly(self, pos: int, size: int) -> bytes | None:
+        if len(self._buf) - pos >= size:
+            return bytes(self._buf[pos : pos + size])
+        if self._eof:
             raise BodyError("unexpected EOF")
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
+        return None
 
-    async def _at_most(self, size: int) -> bytes:
-        while len(self._buf) < size and not self._eof:
-            await self._fill()
-        return bytes(self._buf[:size])
-
-    async def _chunked(self, limit: int) -> bytes:
-        body = bytearray()
-        while len(body) < limit:
-            line = await self._line()
+    def _chunked(self) -> bytes | None:
+        """The chunks from the start of the body (walked again as more arrives: at most
+        ``limit`` bytes, so cheap)."""
+        body, pos = bytearray(), 0
+        while len(body) < self._limit:
+            try:
+                line, pos = _line(self._buf, pos, self._eof)
+            except ProtocolError as err:
+                raise BodyError(str(err)) from err
+            if line is None:
+                return None
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
-                raise BodyError(f"malformed chunk size {line!r}") from None
+                size = -1
+            if size < 0:
+                raise BodyError(f"malformed chunk size {line!r}")
             if size == 0:
                 break
-            body += await self._exactly(min(size, limit - len(body)))
-            if len(body) < limit:
-                await self._exactly(2)  # the chunk's CRLF
+            take = min(size, self._limit - len(body))
+            chunk = self._exactly(pos, take)
+            if chunk is None:
+                return None
+            body += chunk
+            pos += take
+            if len(body) < self._limit:
+                if self._exactly(pos, 2) is None:  # the chunk's CRLF
+                    return None
+                pos += 2
         return bytes(body)
-
-    async def body(self, status: int, headers: Mapping[str, str], limit: int) -> bytes:
-        """At most ``limit`` bytes of the body. Raises BodyError."""
-        if status in (204, 304) or 100 <= status < 200:
-            return b""
-        try:
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                return await self._chunked(limit)
-            if "content-length" in headers:
-                try:
-                    length = int(headers["content-length"])
-                except ValueError:
-                    length = -1
-                if length < 0:
-                    raise BodyError(f"bad Content-Length {headers['content-length']!r}")
-                return await self._exactly(min(length, limit))
-            return await self._at_most(limit)
-        except (ConnectionError, ProtocolError) as err:
-            raise BodyError(str(err) or type(err).__name__) from err

@@ -14,7 +14,6 @@ import os
 import socket
 import struct
 
-from nodelet.probe.conn import wait_writable
 from nodelet.probe.netns import socket_in_netns
 from nodelet.probe.result import Outcome, ProbeResult
 
@@ -48,11 +47,8 @@ def _literal(host: str) -> tuple[int, str] | None:
 
 
 async def _resolve(host: str, port: int) -> tuple[int, str]:
-    """The address family and literal of ``host``. Names are resolved by the agent, as kubelet
-    resolves them on the node, not in the pod."""
-    literal = _literal(host)
-    if literal is not None:
-        return literal
+    """The address family and literal of the name ``host``. Names are resolved by the agent, as
+    kubelet resolves them on the node, not in the pod."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
@@ -65,30 +61,49 @@ async def _resolve(host: str, port: int) -> tuple[int, str]:
     return int(family), str(sockaddr[0])
 
 
-async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
-    """A non-blocking connect. On loopback the handshake is over when ``connect`` returns
-    EINPROGRESS, which ``getpeername`` tells for one cheap system call; otherwise the socket
-    is writable once the connect ended, and ``SO_ERROR`` says how."""
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _writable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _wake, future)
+    try:
+        await future
+    finally:
+        loop.remove_writer(fd)
+
+
+def _connected(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """Start a non-blocking connect; whether it is already over. On loopback the handshake is
+    done when ``connect`` returns EINPROGRESS, which ``getpeername`` tells for one cheap system
+    call; otherwise the socket turns writable once the connect ended."""
     try:
         sock.connect(address)
-        return
+        return True
     except (BlockingIOError, InterruptedError):
         pass
     try:
         sock.getpeername()
-        return
+        return True
     except OSError:
-        pass
-    await wait_writable(sock)
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
+        return False
 
 
-async def connect(host: str, port: int, *, netns: str | None) -> socket.socket:
-    """A connected, non-blocking TCP socket to ``host:port`` made in ``netns``, with no time
-    limit of its own (the caller's covers it). Raises DialError with Go's message."""
-    family, literal = await _resolve(host, port)
+async def connect(
+    host: str, port: int, *, netns: str | None, deadline: float | None = None
+) -> socket.socket:
+    """A connected, non-blocking TCP socket to ``host:port`` made in ``netns``; TimeoutError at
+    ``deadline`` (loop time; None: the caller's limit covers it). Raises DialError with Go's
+    message. Only the slow paths (a name lookup, a connect still under way) set a timer."""
+    literal = _literal(host)
+    if literal is None:
+        async with asyncio.timeout_at(deadline):
+            literal = await _resolve(host, port)
+    family, address = literal
     try:
         sock = socket_in_netns(netns, family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     except OSError as err:
@@ -98,7 +113,12 @@ async def connect(host: str, port: int, *, netns: str | None) -> socket.socket:
         ) from err
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER)
-        await _connect(sock, (literal, port))
+        if not _connected(sock, (address, port)):
+            async with asyncio.timeout_at(deadline):
+                await _writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
     except OSError as err:
         sock.close()
         raise DialError(

@@ -225,10 +225,16 @@ class ProbeWorker:
         self._wake = wake
         try:
             await wake
+        except BaseException:
+            stop()
+            raise
         finally:
             self._wake = None
+        if self._triggered:
+            # The gate woke the wait. A timer that fired is not cancelled: the loop would count
+            # it as a cancelled one still queued and rebuild its timer heap all the sooner.
             stop()
-        self._triggered = False
+            self._triggered = False
 
     async def _attempt(self) -> ProbeResult:
         """kubelet's ``runProbeWithRetries``: a prober error is retried at once."""

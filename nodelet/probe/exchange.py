@@ -1,0 +1,243 @@
+"""One HTTP request and its response on a connected non-blocking socket, driven by the selector.
+
+A probe makes one short exchange on a fresh loopback connection, hundreds per second on a busy
+node, each woken from idle: every wake-up of the agent costs tens of microseconds of cold
+caches, more than parsing the answer. asyncio's streams cost a protocol, a transport, a reader
+and a writer per connection and a task step per read; a coroutine awaiting each read still
+costs a task step per read. Here the selector's callback reads and parses what arrived, and
+the probe's task wakes once: when the response is complete, or failed. TLS (``https``) runs
+through memory BIOs in the same callbacks, so both schemes share one path and one parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import select
+import socket
+import ssl
+import weakref
+from collections.abc import Callable
+
+from nodelet.probe.httpresponse import BodyError, Response, ResponseParser
+
+RECV_SIZE = 32 * 1024
+"""Bytes asked of one ``recv``: a probe's whole answer (at most 10 KiB of body), or a TLS record."""
+
+
+_ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+
+
+class _Poller:
+    """The probe sockets' readiness through one epoll of their own, which the event loop
+    watches as one reader. Watching a socket is one ``epoll_ctl``; the loop's own
+    ``add_reader``/``remove_reader`` cost a handle, a selector key and a few caught exceptions
+    per socket, more than the probe's parsing. One-shot: a callback runs once per watch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        weakref.finalize(self, self._epoll.close)
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when ``fd`` is readable (data, EOF or an error)."""
+        if fd in self._callbacks:
+            self._epoll.modify(fd, _ONE_READ)
+        else:
+            self._epoll.register(fd, _ONE_READ)
+        self._callbacks[fd] = callback
+
+    def forget(self, fd: int) -> None:
+        """Before ``fd`` is closed: a forked child may still hold the socket, and epoll
+        forgets a socket only when its last descriptor closes."""
+        if self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _dispatch(self) -> None:
+        for fd, _ in self._epoll.poll(0, 64):
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback()
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> _Poller:
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = _Poller(loop)
+    return poller
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """kubelet's ``InsecureSkipVerify``: a probe checks the server answers, not who it is. One
+    context for every probe (making one costs more than a probe)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Exchange:
+    """Sends ``request`` on ``sock`` (which it owns and closes) and reads the response, over TLS
+    when ``tls`` (``server_hostname`` for SNI). Await :meth:`run` once."""
+
+    __slots__ = (
+        "_done", "_fd", "_incoming", "_loop", "_out", "_outgoing", "_poller", "_request",
+        "_secure", "_sock", "_tls", "_writing", "parser",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        request: bytes,
+        limit: int,
+        *,
+        tls: bool = False,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._poller = _poller(self._loop)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._request = request
+        self.parser = ResponseParser(limit)
+        self._done: asyncio.Future[Response] = self._loop.create_future()
+        self._out = bytearray()
+        self._writing = False
+        self._tls: ssl.SSLObject | None = None
+        self._secure = False
+        self._incoming = self._outgoing = ssl.MemoryBIO()
+        if tls:
+            self._incoming = ssl.MemoryBIO()
+            self._tls = tls_context().wrap_bio(
+                self._incoming, self._outgoing, server_hostname=server_hostname
+            )
+
+    async def run(self, deadline: float) -> Response:
+        """The response, by ``deadline`` (loop time; TimeoutError after it). Raises
+        ProtocolError, BodyError (the body failed) or OSError; the socket is closed after."""
+        timer = self._loop.call_at(deadline, self._expire)
+        try:
+            if self._tls is not None:
+                self._handshake()
+            else:
+                self._send(self._request)
+            self._poller.watch(self._fd, self._readable)
+            return await self._done
+        finally:
+            timer.cancel()
+            self._close()
+
+    def _expire(self) -> None:
+        if not self._done.done():
+            self._done.set_exception(TimeoutError())
+
+    def _close(self) -> None:
+        self._poller.forget(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+        self._sock.close()
+
+    def _fail(self, err: Exception) -> None:
+        if isinstance(err, ConnectionError) and self.parser.reading_body:
+            err = BodyError(str(err) or type(err).__name__)
+        if not self._done.done():
+            self._done.set_exception(err)
+
+    # -- sending: a request fits the socket's buffer, so the writer callback is rarely needed --
+
+    def _send(self, data: bytes) -> None:
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                break
+            del self._out[:sent]
+        if self._out and not self._writing:
+            self._loop.add_writer(self._fd, self._writable)
+            self._writing = True
+        elif not self._out and self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _writable(self) -> None:
+        try:
+            self._flush()
+        except OSError as err:
+            self._fail(err)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        """Everything the socket has now (an EOF that came with the answer saves a wake-up)."""
+        try:
+            while not self._done.done():
+                try:
+                    data = self._sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    self._poller.watch(self._fd, self._readable)
+                    return
+                if self._tls is not None:
+                    self._tls_received(data)
+                else:
+                    self._received(data)
+                if not data:
+                    return
+        except Exception as err:  # ProtocolError, BodyError, OSError: the probe's answer
+            self._fail(err)
+
+    def _received(self, data: bytes) -> None:
+        response = self.parser.feed(data)
+        if response is not None and not self._done.done():
+            self._done.set_result(response)
+
+    # -- TLS ---------------------------------------------------------------------------------
+
+    def _flush_tls(self) -> None:
+        if self._outgoing.pending:
+            self._send(self._outgoing.read())
+
+    def _handshake(self) -> bool:
+        """Whether the handshake is over; then the request is sent."""
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
+            return False
+        self._secure = True
+        self._tls.write(self._request)
+        self._flush_tls()
+        return True
+
+    def _tls_received(self, data: bytes) -> None:
+        """A server that closes without TLS's close_notify (most probe targets) reads as EOF,
+        as asyncio's and Go's clients take it."""
+        assert self._tls is not None
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        if not self._secure and not self._handshake():
+            return
+        while not self._done.done():
+            try:
+                plain = self._tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                plain = b""
+            self._received(plain)
+            if not plain:
+                return
