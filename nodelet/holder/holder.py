@@ -46,6 +46,8 @@ class Container:
     exited: bool = False
     pre_stop: protocol.HookSpec | None = None
     stop_signal: int = signal.SIGTERM
+    spec: protocol.ContainerSpec | None = None
+    """What it was started with: an exec handler gets its process spec (``enter``)."""
 
 
 class Holder:
@@ -292,7 +294,8 @@ class Holder:
         log = LogFile(log_fd, spec["log_path"], spec.get("log_max_bytes"))
         container = Container(name, spec["attempt"], pid, time.time(), log, host_pid,
                               pre_stop=spec.get("pre_stop"),
-                              stop_signal=int(spec.get("stop_signal", signal.SIGTERM)))  # fmt: skip
+                              stop_signal=int(spec.get("stop_signal", signal.SIGTERM)),
+                              spec=spec)  # fmt: skip
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             container.streams[fd] = StreamLog(log, stream, log_error)
@@ -419,7 +422,9 @@ class Holder:
             return
         pid = os.fork()
         if pid == 0:
-            hooks.run_child(hook, container.pid, max(0.1, deadline - time.monotonic()))
+            hooks.run_child(
+                hook, container.pid, max(0.1, deadline - time.monotonic()), container.spec
+            )
         self.hooks[pid] = after
 
         def out_of_time() -> None:

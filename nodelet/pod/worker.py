@@ -55,6 +55,7 @@ from nodelet.pod.volumes import (
     prepare_volumes,
     remove_pod_volumes,
 )
+from nodelet.probe.exec import start_time
 from nodelet.probe.result import Outcome
 from nodelet.runtime.api import (
     ContainerConfig,
@@ -416,6 +417,8 @@ class PodWorker:
         self, sandbox: SandboxStatus | None, record: ContainerRecord, container: Mapping[str, Any]
     ) -> ProbeTarget:
         started = self._configs.get(container["name"])
+        if started is not None and started.attempt != record.attempt:
+            started = None  # adopted after an agent restart: only its user is known
         user = started.run_as_user if started is not None else None
         group = started.run_as_group if started is not None else None
         holder = sandbox.holder_pid if sandbox is not None else None
@@ -424,7 +427,18 @@ class PodWorker:
         pod_ip = self.pod.ip(node_ip, sandbox.pod_ip if sandbox else None) or ""
         driver = self._ctx.cgroups
         procs = driver.holder_procs(self.uid, self._qos) if driver is not None else []
-        return ProbeTarget(record.pid, pod_ip, netns, user, group, procs)
+        if started is not None and started.cgroup_procs:
+            procs = list(started.cgroup_procs)  # runc exec joins the container's own cgroup
+        return ProbeTarget(
+            record.pid,
+            pod_ip,
+            netns,
+            user,
+            group,
+            procs,
+            start_time=start_time(record.pid),
+            container=started,
+        )
 
     def _probe_event(self, type_: str, reason: str, message: str, container: str) -> None:
         self._event(type_, reason, message, self._field_path(container))
@@ -629,12 +643,12 @@ class PodWorker:
                 self._container_spec(start),
                 start.attempt,
             )
-            self._configs[start.name] = config
             config = dataclasses.replace(
                 config,
                 cgroup_procs=await self._container_cgroup(start),
                 log_max_bytes=self._ctx.config.container_log_max_size,
             )
+            self._configs[start.name] = config
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
             record = await self._ctx.runtime.start_container(self.uid, config)
         except (ContainerConfigError, VolumeError, QuantityError, OSError) as err:

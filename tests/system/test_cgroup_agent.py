@@ -205,8 +205,9 @@ def test_usage_stats_come_from_the_cgroups(agent: Agent) -> None:
     assert memory.endswith("Mi") and 40 <= int(memory[:-2]) <= 100, table
 
 
-def test_an_exec_probe_runs_in_the_pods_cgroup(agent: Agent, tmp_path: Path) -> None:
-    """The probe's own process writes where it finds itself: the pod's cgroup, not the agent's."""
+def test_an_exec_probe_runs_in_the_containers_cgroup(agent: Agent, tmp_path: Path) -> None:
+    """The probe's own process writes where it finds itself: the container's cgroup (as
+    ``runc exec`` joins it), not the agent's."""
     seen = tmp_path / "probe-cgroup"
     probe = {"exec": {"command": ["sh", "-c", f"cat /proc/self/cgroup > {seen}"]},
              "periodSeconds": 1}  # fmt: skip
@@ -218,4 +219,4 @@ def test_an_exec_probe_runs_in_the_pods_cgroup(agent: Agent, tmp_path: Path) -> 
     item = wait_for(lambda: agent.running("probed"), 20, "running")
     text = wait_for(lambda: seen.read_text() if seen.exists() else None, 10, "the probe's cgroups")
     memory = next(line for line in text.splitlines() if ":memory:" in line)
-    assert memory.endswith(f"/pod{item['metadata']['uid']}"), memory
+    assert memory.endswith(f"/pod{item['metadata']['uid']}/c"), memory
