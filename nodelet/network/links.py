@@ -23,6 +23,7 @@ from nodelet.network.api import NetworkError
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _AF_INET = 2
+_BRIDGE_MODE_HAIRPIN = 1
 
 
 def _setns(fd: int, what: str) -> None:
@@ -123,6 +124,9 @@ def ensure_veth(
         if idx is None:
             raise NetworkError(f"veth {host_end} vanished right after it was created")
     ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
+    # Hairpin: with br_netfilter loaded (kube-proxy hosts), a pod's packet to its own hostPort
+    # is DNAT'ed while still bridged and must leave through the port it came in on.
+    ipr.brport("set", index=idx, mode=_BRIDGE_MODE_HAIRPIN)
     return idx, created
 
 
