@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
+import re
 import threading
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -23,6 +25,8 @@ from nodelet.network.ipam import HostLocalIPAM
 from nodelet.network.nft import NftTable, check_mapping
 
 log = logging.getLogger(__name__)
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 DEFAULT_ROUTE_PROTOCOL = 0x4E
 """rtnetlink ``proto`` that tags nodelet's host-gw routes (unused by iproute2's well-known
@@ -48,8 +52,8 @@ class BuiltinNetwork:
         route_protocol: int = DEFAULT_ROUTE_PROTOCOL,
     ) -> None:
         """``state_dir`` holds ``ipam/`` and ``hostports/`` (e.g. ``<root>/network``)."""
-        if len(bridge) > 15:
-            raise NetworkError(f"bridge name {bridge!r} is longer than 15 characters")
+        if not _IFNAME.fullmatch(bridge):
+            raise NetworkError(f"bridge name {bridge!r}: 1-15 of [A-Za-z0-9_.-]")
         self.ipam = HostLocalIPAM(cidr, Path(state_dir) / "ipam")
         if self.ipam.network.version != 4:
             raise NetworkError(f"pod CIDR {cidr}: the built-in network is IPv4 only")
@@ -57,7 +61,7 @@ class BuiltinNetwork:
         self.bridge = bridge
         self.claims = HostPortClaims(Path(state_dir) / "hostports")
         self.nft = NftTable(nft_table)
-        self.pod_cidr_routes = dict(pod_cidr_routes or {})
+        self.pod_cidr_routes = _routes(pod_cidr_routes or {})
         self.route_protocol = route_protocol
         self._mtu = 1500
         self._ports_lock = threading.Lock()
@@ -80,7 +84,7 @@ class BuiltinNetwork:
 
     async def set_pod_cidr_routes(self, routes: Mapping[str, str]) -> None:
         """Replace the host-gw routes (peer pod CIDR -> peer node IP), e.g. when Nodes change."""
-        self.pod_cidr_routes = dict(routes)
+        self.pod_cidr_routes = _routes(routes)
         await asyncio.to_thread(self._routes)
 
     async def destroy(self) -> None:
@@ -99,12 +103,13 @@ class BuiltinNetwork:
         # A client of 127.0.0.1:hostPort: after DNAT its packet leaves through the bridge with a
         # loopback source, which the kernel drops as martian unless route_localnet is on.
         links.write_sysctl(f"net/ipv4/conf/{self.bridge}/route_localnet", "1")
-        self.nft.ensure(self.cidr, self.bridge)
+        self.nft.ensure(self.cidr, self.bridge, self.pod_cidr_routes)
         log.info("pod network ready: bridge %s %s, mtu %d", self.bridge, self.cidr, self._mtu)
 
     def _routes(self) -> None:
         with links.host() as ipr:
             links.set_routes(ipr, self.pod_cidr_routes, self.route_protocol)
+        self.nft.ensure(self.cidr, self.bridge, self.pod_cidr_routes)
 
     def _setup(self, req: PodNetworkRequest) -> PodNetworkResult:
         who = f"{req.namespace}/{req.name} ({req.pod_uid})"
@@ -188,3 +193,15 @@ def _normalize(m: PortMapping) -> PortMapping:
     """kubelet's reading: hostIP 0.0.0.0 means every address; protocol is upper case."""
     host_ip = "" if m.host_ip in ("", "0.0.0.0") else m.host_ip
     return PortMapping(m.container_port, m.host_port, m.protocol.upper() or "TCP", host_ip)
+
+
+def _routes(routes: Mapping[str, str]) -> dict[str, str]:
+    """Peer pod CIDR -> peer node IP, validated and in canonical form."""
+    out: dict[str, str] = {}
+    for cidr, gateway in routes.items():
+        try:
+            net = ipaddress.IPv4Network(cidr)
+            out[str(net)] = str(ipaddress.IPv4Address(gateway))
+        except ValueError as exc:
+            raise NetworkError(f"pod CIDR route {cidr} via {gateway}: {exc}") from exc
+    return out

@@ -8,14 +8,16 @@ with the same key, so two pods can never hold one hostPort even if the claim fil
 Rules, after the CNI portmap plugin:
 - ``prerouting``/``output``: traffic to a local address jumps to ``hostports``, which DNATs
   ``hostIP:hostPort`` (map ``hostip_ports``) or ``*:hostPort`` (map ``hostports``) to the pod.
-- ``postrouting``: masquerade pod CIDR -> outside; 127.0.0.0/8 -> pod (a client of
-  127.0.0.1:hostPort; also needs ``route_localnet`` on the bridge); a pod reaching its own
-  hostPort (set ``hairpin`` of podIP . podIP), so the reply comes back through the host.
+- ``postrouting``: masquerade pod CIDR -> outside every pod CIDR (set ``pod_cidrs``);
+  127.0.0.0/8 -> pod (a client of 127.0.0.1:hostPort; also needs ``route_localnet`` on the
+  bridge); a pod reaching its own hostPort (set ``hairpin`` of podIP . podIP), so the reply
+  comes back through the host.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from collections.abc import Iterable
 
@@ -28,13 +30,23 @@ class NftTable:
     """One ``inet`` table owned by nodelet (name configurable so tests bring their own)."""
 
     def __init__(self, name: str) -> None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
+            raise NetworkError(f"nftables table name {name!r}: a letter, then [A-Za-z0-9_-]")
         self.name = name
 
-    def ensure(self, cidr: str, bridge: str) -> None:
-        """Create the table if needed and rewrite its chains; pod elements are kept."""
+    def ensure(self, cidr: str, bridge: str, peer_cidrs: Iterable[str] = ()) -> None:
+        """Create the table if needed and rewrite its chains; pod elements are kept.
+
+        Traffic to ``peer_cidrs`` (other nodes' pods, reached by host-gw routes) keeps its
+        source like traffic inside ``cidr``: the flat network has no NAT between pods.
+        """
         t = f"inet {self.name}"
+        flat = ", ".join([cidr, *peer_cidrs])
         self._run(
             f"""add table {t}
+add set {t} pod_cidrs {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set {t} pod_cidrs
+add element {t} pod_cidrs {{ {flat} }}
 add map {t} hostports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
 add map {t} hostip_ports {{ type ipv4_addr . inet_proto . inet_service : \
 ipv4_addr . inet_service; }}
@@ -54,7 +66,7 @@ dnat ip to ip daddr . meta l4proto . th dport map @hostip_ports
 add rule {t} hostports meta l4proto {{ tcp, udp }} dnat ip to meta l4proto . th dport map @hostports
 add rule {t} postrouting ip saddr . ip daddr @hairpin masquerade
 add rule {t} postrouting ip saddr 127.0.0.0/8 oifname "{bridge}" masquerade
-add rule {t} postrouting ip saddr {cidr} ip daddr != {cidr} masquerade
+add rule {t} postrouting ip saddr {cidr} ip daddr != @pod_cidrs masquerade
 """
         )
 

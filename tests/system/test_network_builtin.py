@@ -16,6 +16,7 @@ import secrets
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -328,3 +329,112 @@ async def test_setup_time(net: BuiltinNetwork, netns: Callable[[], str]) -> None
     p50 = statistics.median(times) * 1000
     print(f"builtin network setup: p50 {p50:.1f} ms, max {max(times) * 1000:.1f} ms over 20")
     assert p50 < 100
+
+
+_NODE_SCRIPT = """
+import asyncio, json, sys
+from nodelet.network.api import PodNetworkRequest
+from nodelet.network.builtin import BuiltinNetwork
+
+args = json.loads(sys.argv[1])
+async def main() -> None:
+    net = BuiltinNetwork(cidr=args["cidr"], state_dir=args["state"], bridge=args["bridge"],
+                         nft_table=args["table"], pod_cidr_routes=args["routes"])
+    await net.start()
+    result = await net.setup(PodNetworkRequest(args["uid"], "nlt", args["uid"], args["pod"]))
+    print(result.ips[0])
+asyncio.run(main())
+"""
+
+
+def run_node(node: str, **args: object) -> str:
+    """One agent's network steps inside the node netns ``node``; returns the pod IP."""
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            Path(node).name,
+            sys.executable,
+            "-c",
+            _NODE_SCRIPT,
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_pods_on_two_nodes_reach_each_other_by_ip(
+    netns: Callable[[], str], tmp_path: Path
+) -> None:
+    """Two nodes (netns joined by a veth), host-gw routes to each other's pod CIDR, no NAT."""
+    n1, n2, p1, p2 = netns(), netns(), netns(), netns()
+    link = 10 + secrets.randbelow(200)
+    subprocess.run(
+        [
+            "ip",
+            "link",
+            "add",
+            "nlt-n1",
+            "netns",
+            Path(n1).name,
+            "type",
+            "veth",
+            "peer",
+            "nlt-n2",
+            "netns",
+            Path(n2).name,
+        ],
+        check=True,
+    )
+    for node, name, addr in ((n1, "nlt-n1", 1), (n2, "nlt-n2", 2)):
+        ns = Path(node).name
+        subprocess.run(
+            ["ip", "-n", ns, "addr", "add", f"10.198.{link}.{addr}/30", "dev", name], check=True
+        )
+        subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    c1, c2 = f"10.199.{link}.0/25", f"10.199.{link}.128/25"
+    common = {"bridge": "nlt-br0", "table": "nlt-t"}
+    ip1 = run_node(
+        n1,
+        cidr=c1,
+        state=str(tmp_path / "n1"),
+        uid="pod-1",
+        pod=p1,
+        routes={c2: f"10.198.{link}.2"},
+        **common,
+    )
+    ip2 = run_node(
+        n2,
+        cidr=c2,
+        state=str(tmp_path / "n2"),
+        uid="pod-2",
+        pod=p2,
+        routes={c1: f"10.198.{link}.1"},
+        **common,
+    )
+    server = PeerServer(p2)
+    try:
+        assert seen_by_server(p1, ip2, 80) == ip1  # the flat network: no NAT between pods
+    finally:
+        server.close()
+    routes = ip_json("-n", Path(n1).name, "route", "show", c2)
+    assert routes and routes[0]["gateway"] == f"10.198.{link}.2"
+
+
+async def test_peer_routes_follow_the_wanted_set(net: BuiltinNetwork) -> None:
+    peer = f"10.197.{secrets.randbelow(250)}.0/24"
+    via = str(net.ipam.network.broadcast_address - 1)  # on-link through the test bridge
+    await net.set_pod_cidr_routes({peer: via})
+    await net.set_pod_cidr_routes({peer: via})  # idempotent
+    assert [r["gateway"] for r in ip_json("route", "show", peer)] == [via]
+    assert peer in nft_table(net)  # no masquerade towards the peer's pods
+    await net.set_pod_cidr_routes({})
+    assert ip_json("route", "show", peer) == []
+    assert peer not in nft_table(net)
