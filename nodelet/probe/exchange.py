@@ -90,13 +90,29 @@ def tls_context() -> ssl.SSLContext:
     return context
 
 
+class _Tls:
+    """A TLS client over memory BIOs: what is read from the socket goes in ``incoming``, what
+    ``outgoing`` holds goes out on it."""
+
+    __slots__ = ("incoming", "obj", "outgoing", "secure")
+
+    def __init__(self, server_hostname: str | None) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = tls_context().wrap_bio(
+            self.incoming, self.outgoing, server_hostname=server_hostname
+        )
+        self.secure = False
+        """The handshake is over."""
+
+
 class Exchange:
     """Sends ``request`` on ``sock`` (which it owns and closes) and reads the response, over TLS
     when ``tls`` (``server_hostname`` for SNI). Await :meth:`run` once."""
 
     __slots__ = (
-        "_deadline", "_done", "_events", "_fd", "_incoming", "_loop", "_out", "_outgoing",
-        "_poller", "_request", "_secure", "_sock", "_timer", "_tls", "_writing", "parser",
+        "_deadline", "_done", "_events", "_fd", "_loop", "_out", "_poller", "_request", "_sock",
+        "_timer", "_tls", "_writing", "parser",
     )  # fmt: skip
 
     def __init__(
@@ -121,14 +137,7 @@ class Exchange:
         """What the socket is watched for: the FIN first on plain HTTP, then data."""
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
-        self._tls: ssl.SSLObject | None = None
-        self._secure = False
-        self._incoming = self._outgoing = ssl.MemoryBIO()
-        if tls:
-            self._incoming = ssl.MemoryBIO()
-            self._tls = tls_context().wrap_bio(
-                self._incoming, self._outgoing, server_hostname=server_hostname
-            )
+        self._tls = _Tls(server_hostname) if tls else None
 
     async def run(self, deadline: float) -> Response:
         """The response, by ``deadline`` (loop time; TimeoutError after it). Raises
@@ -226,19 +235,20 @@ class Exchange:
     # -- TLS ---------------------------------------------------------------------------------
 
     def _flush_tls(self) -> None:
-        if self._outgoing.pending:
-            self._send(self._outgoing.read())
+        assert self._tls is not None
+        if self._tls.outgoing.pending:
+            self._send(self._tls.outgoing.read())
 
     def _handshake(self) -> bool:
         """Whether the handshake is over; then the request is sent."""
         assert self._tls is not None
         try:
-            self._tls.do_handshake()
+            self._tls.obj.do_handshake()
         except ssl.SSLWantReadError:
             self._flush_tls()
             return False
-        self._secure = True
-        self._tls.write(self._request)
+        self._tls.secure = True
+        self._tls.obj.write(self._request)
         self._flush_tls()
         return True
 
@@ -247,14 +257,14 @@ class Exchange:
         as asyncio's and Go's clients take it."""
         assert self._tls is not None
         if data:
-            self._incoming.write(data)
+            self._tls.incoming.write(data)
         else:
-            self._incoming.write_eof()
-        if not self._secure and not self._handshake():
+            self._tls.incoming.write_eof()
+        if not self._tls.secure and not self._handshake():
             return
         while not self._done.done():
             try:
-                plain = self._tls.read(RECV_SIZE)
+                plain = self._tls.obj.read(RECV_SIZE)
             except ssl.SSLWantReadError:
                 self._flush_tls()
                 return
