@@ -7,6 +7,7 @@ as pod holders hold them. Each test has its own bridge ``nlt-cni<rand>``, subnet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -346,3 +347,227 @@ async def test_concurrent_adds_get_distinct_ips_and_add_p50(lab: Lab) -> None:
     p50 = statistics.median(times)
     print(f"CNI ADD (bridge+host-local+portmap) p50 over 10: {p50 * 1000:.1f} ms")
     assert p50 < 2.0
+
+
+# -- the protocol as plugins see it, with a fake plugin that logs what it was given ----------
+
+FAKE = """#!{python} -I
+import json, os, sys, time
+conf = json.loads(sys.stdin.read() or "{{}}")
+cmd = os.environ["CNI_COMMAND"]
+if cmd == "VERSION":
+    print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"]}}))
+    sys.exit(0)
+with open("/proc/self/environ", "rb") as environ:  # as exec'd, before Python's locale coercion
+    env = dict(v.decode().split("=", 1) for v in environ.read().split(b"\\0") if v)
+entry = {{"plugin": os.path.basename(sys.argv[0]), "pid": os.getpid(), "env": env}}
+with open(conf["log"], "a") as log:
+    log.write(json.dumps({{**entry, "stdin": conf}}) + "\\n")
+if conf.get("fail") == cmd:
+    print(json.dumps({{"cniVersion": "1.0.0", "code": 7, "msg": "boom", "details": "on purpose"}}))
+    sys.exit(1)
+if conf.get("hang") == cmd:
+    time.sleep(60)
+if cmd == "ADD":
+    prev = conf.get("prevResult")
+    if prev is None:
+        eth0 = {{"name": "eth0", "sandbox": os.environ["CNI_NETNS"]}}
+        prev = {{"cniVersion": conf["cniVersion"], "interfaces": [eth0],
+                "ips": [{{"address": conf["ip"], "interface": 0}}]}}
+    print(json.dumps(prev))
+"""
+
+
+@dataclass
+class Fake:
+    tmp: Path
+    holder: subprocess.Popen[bytes]
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "calls.log"
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def conf(self, version: str = "1.0.0", **second: Any) -> None:
+        plugins = [
+            {"type": "fakea", "ip": "10.9.0.7/24", "log": str(self.log)},
+            {
+                "type": "fakeb",
+                "log": str(self.log),
+                "capabilities": {"portMappings": True},
+                **second,
+            },
+        ]
+        data = {"cniVersion": version, "name": "fakenet", "plugins": plugins}
+        (self.tmp / "net.d" / "50-fake.conflist").write_text(json.dumps(data))
+
+    def network(self, **kwargs: Any) -> CniNetwork:
+        return CniNetwork(self.tmp / "net.d", [self.tmp / "bin"], self.tmp / "state", **kwargs)
+
+    def request(self, *ports: PortMapping) -> PodNetworkRequest:
+        return PodNetworkRequest("uid1", "ns", "web", f"/proc/{self.holder.pid}/ns/net", ports)
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[Fake]:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "net.d").mkdir()
+    script = tmp_path / "bin" / "fakea"
+    script.write_text(FAKE.format(python=sys.executable))
+    script.chmod(0o755)
+    (tmp_path / "bin" / "fakeb").symlink_to(script)
+    mine = os.stat("/proc/self/ns/net").st_ino
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    while os.stat(f"/proc/{holder.pid}/ns/net").st_ino == mine:
+        time.sleep(0.005)
+    lab = Fake(tmp_path, holder)
+    try:
+        yield lab
+    finally:
+        holder.kill()
+        holder.wait()
+        cleaner = lab.network()
+        await cleaner.start()
+        with contextlib.suppress(NetworkError):
+            await cleaner.sweep(())
+        pins = [
+            line
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if str(tmp_path) in line
+        ]
+        for pin in (tmp_path / "state" / "netns").glob("*"):
+            subprocess.run(["umount", "-l", str(pin)], check=False, capture_output=True)
+        assert not pins, f"netns pins left mounted: {pins}"
+
+
+async def test_add_chains_results_and_del_replays_the_cached_add_in_reverse(fake: Fake) -> None:
+    fake.conf()
+    network = fake.network()
+    await network.start()
+    result = await network.setup(fake.request(PortMapping(80, 8080, "TCP")))
+    assert result.ips == ("10.9.0.7",)
+    add_a, add_b = fake.calls()
+    assert (add_a["plugin"], add_b["plugin"]) == ("fakea", "fakeb")
+    assert "prevResult" not in add_a["stdin"] and "runtimeConfig" not in add_a["stdin"]
+    first = add_b["stdin"]["prevResult"]
+    assert first["ips"] == [{"address": "10.9.0.7/24", "interface": 0}]
+    assert add_b["stdin"]["runtimeConfig"] == {
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    }
+    assert add_b["stdin"]["name"] == "fakenet" and add_b["stdin"]["cniVersion"] == "1.0.0"
+    env = add_a["env"]
+    assert set(env) == {
+        "CNI_COMMAND",
+        "CNI_CONTAINERID",
+        "CNI_NETNS",
+        "CNI_IFNAME",
+        "CNI_ARGS",
+        "CNI_PATH",
+        "PATH",
+    }
+    assert (env["CNI_COMMAND"], env["CNI_CONTAINERID"], env["CNI_IFNAME"]) == (
+        "ADD",
+        "uid1",
+        "eth0",
+    )
+    assert "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;" in env["CNI_ARGS"]
+    assert os.stat(env["CNI_NETNS"]).st_ino == os.stat(fake.request().netns_path).st_ino
+
+    fake.conf(ip_ignored=True)  # DEL must replay the ADD's config, not the current file
+    await network.teardown("uid1", None)
+    del_b, del_a = fake.calls()[2:]
+    assert (del_b["plugin"], del_a["plugin"]) == ("fakeb", "fakea")
+    assert del_b["env"]["CNI_COMMAND"] == "DEL" and "ip_ignored" not in del_b["stdin"]
+    assert del_a["stdin"]["prevResult"] == first and del_b["stdin"]["runtimeConfig"]
+    assert network.ips_of("uid1") == ()
+    assert not list((fake.tmp / "state" / "results").iterdir())
+
+
+async def test_del_without_the_netns_passes_an_empty_cni_netns(fake: Fake) -> None:
+    fake.conf()
+    network = fake.network()
+    await network.start()
+    await network.setup(fake.request())
+    fake.holder.kill()
+    fake.holder.wait()
+    for pin in (fake.tmp / "state" / "netns").iterdir():  # as after a reboot: no pin either
+        subprocess.run(["umount", str(pin)], check=True)
+    await network.teardown("uid1", fake.request().netns_path)
+    assert [c["env"]["CNI_NETNS"] for c in fake.calls()[2:]] == ["", ""]
+
+
+async def test_a_failing_plugin_is_named_and_what_ran_is_deleted(fake: Fake) -> None:
+    fake.conf(fail="ADD")
+    network = fake.network()
+    await network.start()
+    with pytest.raises(
+        NetworkError,
+        match=r"CNI plugin fakeb \(network fakenet\): ADD for pod ns/web failed: "
+        r"boom: on purpose \(code 7\)",
+    ):
+        await network.setup(fake.request())
+    assert [(c["plugin"], c["env"]["CNI_COMMAND"]) for c in fake.calls()] == [
+        ("fakea", "ADD"),
+        ("fakeb", "ADD"),
+        ("fakeb", "DEL"),
+        ("fakea", "DEL"),
+    ]
+    assert network.ips_of("uid1") == () and not list((fake.tmp / "state" / "results").iterdir())
+
+
+async def test_a_hanging_plugin_is_killed_at_the_timeout(fake: Fake) -> None:
+    fake.conf(hang="ADD")
+    network = fake.network(plugin_timeout=0.5)
+    await network.start()
+    with pytest.raises(NetworkError, match=r"fakeb .*: ADD: no answer within 0.5s"):
+        await network.setup(fake.request())
+    hung = fake.calls()[1]
+    assert hung["env"]["CNI_COMMAND"] == "ADD" and not Path(f"/proc/{hung['pid']}").exists()
+
+
+async def test_spec_0_3_1_has_no_check_and_no_prev_result_on_del(fake: Fake) -> None:
+    fake.conf(version="0.3.1")
+    network = fake.network()
+    await network.start()
+    await network.setup(fake.request())
+    assert fake.calls()[1]["stdin"]["prevResult"]["ips"][0]["version"] == "4"
+    with pytest.raises(NetworkError, match="does not support CHECK"):
+        await network.check("uid1", fake.request().netns_path)
+    await network.teardown("uid1", None)
+    assert all("prevResult" not in c["stdin"] for c in fake.calls()[2:])
+
+
+async def test_check_runs_every_plugin_with_the_cached_result(fake: Fake) -> None:
+    fake.conf()
+    network = fake.network()
+    await network.start()
+    await network.setup(fake.request())
+    await network.check("uid1", fake.request().netns_path)
+    checks = fake.calls()[2:]
+    assert [(c["plugin"], c["env"]["CNI_COMMAND"]) for c in checks] == [
+        ("fakea", "CHECK"),
+        ("fakeb", "CHECK"),
+    ]
+    assert checks[0]["stdin"]["prevResult"]["ips"][0]["address"] == "10.9.0.7/24"
+    await network.teardown("uid1", None)
+
+
+async def test_a_list_whose_plugins_are_missing_or_too_old_is_skipped(fake: Fake) -> None:
+    network = fake.network()
+    await network.start()
+    with pytest.raises(NetworkError, match="no usable CNI network config"):
+        await network.setup(fake.request())
+    conf_dir = fake.tmp / "net.d"
+    missing = {"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "nosuch"}]}
+    (conf_dir / "10-missing.conflist").write_text(json.dumps(missing))
+    old = {"cniVersion": "0.3.0", "name": "b", "plugins": [{"type": "fakea"}]}
+    (conf_dir / "20-old.conflist").write_text(json.dumps(old))
+    fake.conf()
+    assert (await network.network()).name == "fakenet"
+    (conf_dir / "50-fake.conflist").unlink()
+    with pytest.raises(NetworkError, match=r"nosuch not found.*does not support cniVersion 0.3.0"):
+        await network.network()
