@@ -294,16 +294,24 @@ class CniNetwork:
         """DEL in reverse order with the cached config and, from 0.4.0, the cached result.
 
         Every plugin runs even when one fails (DEL is idempotent by spec, and a failing portmap
-        must not leak the IP); the failures are raised and the cache kept for a retry.
+        must not leak the IP), and a failed pass is repeated once: plugins make progress before
+        failing (bridge 1.1.1, after an ADD cut short before its masquerade chain existed,
+        removes the veth and the IP, then fails on the missing chain; its next DEL succeeds).
+        Failures left after that are raised and the cache kept for a later retry.
         """
         netns = self._netns_for(known, netns_path)
         prev = known.result if cniconf.supports_check(known.network) else None
         failures: list[str] = []
-        for plugin in reversed(known.network.plugins):
-            try:
-                await self._run(known, plugin, "DEL", netns, prev)
-            except NetworkError as err:
-                failures.append(str(err))
+        for _ in range(2):
+            failures.clear()
+            for plugin in reversed(known.network.plugins):
+                try:
+                    await self._run(known, plugin, "DEL", netns, prev)
+                except NetworkError as err:
+                    failures.append(str(err))
+            if not failures:
+                break
+            log.warning("pod %s: CNI DEL failed, trying once more: %s", known.owner, failures)
         if failures:
             raise NetworkError("; ".join(failures))
         await asyncio.to_thread(self._unpin, known)

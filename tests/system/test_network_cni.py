@@ -571,3 +571,24 @@ async def test_a_list_whose_plugins_are_missing_or_too_old_is_skipped(fake: Fake
     (conf_dir / "50-fake.conflist").unlink()
     with pytest.raises(NetworkError, match=r"nosuch not found.*does not support cniVersion 0.3.0"):
         await network.network()
+
+
+async def test_an_add_cut_short_converges_after_a_restart_with_one_veth_and_one_ip(
+    lab: Lab,
+) -> None:
+    pods = [lab.pod() for _ in range(4)]
+    for delay, pod in zip((0.0, 0.005, 0.015, 0.03), pods, strict=True):
+        task = asyncio.ensure_future(lab.network.setup(pod.request()))
+        await asyncio.sleep(delay)
+        task.cancel()  # as a kill -9 of the agent: whatever the plugins had done stays
+        with contextlib.suppress(asyncio.CancelledError, NetworkError):
+            await task
+    restarted = lab.new_network()
+    await restarted.start()
+    ips = [(await restarted.setup(pod.request())).ips[0] for pod in pods]
+    assert len(set(ips)) == 4
+    assert sorted(p.name for p in lab.ipam_dir.glob(f"{lab.prefix}.*")) == sorted(ips)
+    assert len(lab.host_veths()) == 4
+    for pod, ip in zip(pods, ips, strict=True):
+        inside = run("nsenter", f"--net={pod.netns}", "ip", "-4", "-o", "addr", "show")
+        assert inside.count("inet ") == 1 and f"inet {ip}/24" in inside
