@@ -119,6 +119,9 @@ async def connect(
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 raise OSError(code, os.strerror(code))
+    except TimeoutError:  # an OSError too, but the caller words it (Go's i/o timeout)
+        sock.close()
+        raise
     except OSError as err:
         sock.close()
         raise DialError(

@@ -311,6 +311,37 @@ def test_http_timeout_is_a_failure(host_server: int) -> None:
     )
 
 
+def test_http_connect_that_never_completes_is_a_dial_timeout() -> None:
+    """A listener whose accept queue is full drops new SYNs: the connect stays under way until
+    the probe's timeout, which kubelet reports as Go's dial i/o timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        for _ in range(3):  # fill the accept queue; later SYNs are dropped
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            queued.append(client)
+        time.sleep(0.1)
+        try:
+            began = time.monotonic()
+            result = asyncio.run(
+                http_probe({"path": "/"}, pod_ip="127.0.0.1", port=port, netns=None, timeout=0.5)
+            )
+            took = time.monotonic() - began
+        finally:
+            for client in queued:
+                client.close()
+    assert 0.4 < took < 2.0
+    assert result == ProbeResult(
+        Outcome.FAILURE,
+        f'Get "http://127.0.0.1:{port}/": dial tcp 127.0.0.1:{port}: i/o timeout '
+        "(Client.Timeout exceeded while awaiting headers)",
+    )
+
+
 def test_http_connection_refused() -> None:
     port = free_port()
     assert probe("/", port) == ProbeResult(
