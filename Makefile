@@ -30,7 +30,10 @@ STAMP := $(VENV)/.installed
 # Debian packages the agent and its tests use: ip, ps, mount tools, and Debian's own python3
 # (/usr/bin/python3), which the bundled pods and the test containers run on the host image;
 # python3-venv for `make install`'s venv; systemd for `systemd-analyze verify` of the unit.
-APT_PACKAGES ?= iproute2 procps util-linux python3 python3-venv systemd
+# nftables: the built-in pod network's NAT; containernetworking-plugins (and the iptables it
+# pulls in): CNI mode and its tests; libseccomp2: compiling seccomp profiles (pyseccomp).
+APT_PACKAGES ?= iproute2 procps util-linux python3 python3-venv systemd nftables iptables \
+	containernetworking-plugins libseccomp2
 
 POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
 NODELET_ARGS ?=

@@ -30,6 +30,7 @@ from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.manifest.source import ManifestSource
 from nodelet.manifest.urlsource import URLSource
 from nodelet.model import Rejection, StaticPod
+from nodelet.network.api import NetworkError
 from nodelet.ops import health, notify
 from nodelet.ops.health import Check, SyncLoopMonitor
 from nodelet.ops.instrumented import InstrumentedRuntime
@@ -37,6 +38,7 @@ from nodelet.ops.metrics import AgentMetrics, AgentView, container_name
 from nodelet.ops.systemd import SystemdReporter
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
+from nodelet.pod.network import node_network
 from nodelet.pod.volumes import sweep_orphan_volumes
 from nodelet.pod.worker import WorkerContext, WorkerState, describe
 from nodelet.pod.workers import PodWorkers
@@ -91,6 +93,7 @@ class Agent:
             on_status=self._on_status,
             on_event=self._on_pod_event,
             sync_hook=self._timed_sync,
+            network=node_network(config),
         )
         self.pods = PodWorkers(self._ctx)
         self._summary = StatsSummary(config.node_name)
@@ -136,6 +139,20 @@ class Agent:
         )
         self._swept = False
 
+    async def _start_network(self) -> None:
+        """The node side of the pod network (bridge, NAT table, routes). A failure is logged
+        and pods with a network namespace of their own wait with the reason (fail closed)."""
+        network = self._ctx.network
+        if network is None:
+            log.info("pod network: none (a pod's network namespace has only loopback)")
+            return
+        try:
+            await network.start()
+        except (NetworkError, OSError) as err:
+            log.error("pod network (%s) not ready: %s", self.config.network_plugin, err)
+            return
+        log.info("pod network: %s", self.config.network_plugin)
+
     def _started_config(self, uid: str, name: str) -> ContainerConfig | None:
         worker = self.pods.workers.get(uid)
         return worker.started_config(name) if worker is not None else None
@@ -167,6 +184,7 @@ class Agent:
         await warm
         await asyncio.to_thread(self._backoff_store.load)
         self._ctx.cgroups = await asyncio.to_thread(self._cgroups, known)
+        await self._start_network()
         self.pods.adopt(known)
         await self.server.start()  # the TCP port only when healthz_port is set
         if self.cluster is not None:
@@ -256,6 +274,9 @@ class Agent:
             )
             sweep.add_done_callback(_log_failure)
             sweep.add_done_callback(_log_swept)
+            if self._ctx.network is not None:
+                leftovers = asyncio.create_task(self._ctx.network.sweep(keep), name="network-sweep")
+                leftovers.add_done_callback(_log_failure)
         if self.cluster is not None:
             self.cluster.pods_changed(self.pods.desired.values(), self.pods.sources_ready)
             self.cluster.rejected(self.rejected)

@@ -84,6 +84,24 @@ class AgentConfig:
     container_log_max_files: int = 5
     """Log files kept per container, the current one included (``containerLogMaxFiles``);
     older rotated ones are removed, all but the newest rotated one gzipped."""
+    network_plugin: str = "builtin"
+    """``builtin`` (a bridge, a veth and an IP per pod), ``cni`` (the conflist's plugins) or
+    ``none`` (kubelet's old noop plugin: a pod's network namespace has only loopback)."""
+    pod_cidr: str = "10.85.0.0/24"
+    """The built-in network's pod CIDR (kubelet's ``podCIDR``); its first address is the
+    bridge's."""
+    pod_bridge: str = "nodelet0"
+    pod_cidr_routes: tuple[tuple[str, str], ...] = ()
+    """(peer pod CIDR, peer node IP): host-gw routes, so pods on two nodes talk without NAT."""
+    network_table: str = "nodelet"
+    """The nftables table the built-in network owns (NAT for hostPorts and egress)."""
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
+    cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+
+    @property
+    def network_state_dir(self) -> Path:
+        """IP allocations and hostPort claims: they outlive agent restarts and crashes."""
+        return self.root_dir / "network"
 
     @property
     def seccomp_dir(self) -> Path:

@@ -18,6 +18,7 @@ Zero values mean "not set", as kubelet's defaulting reads them: kubeadm writes
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -431,6 +432,16 @@ def _burst(key: str, value: Any) -> int | None:
     return value or None  # kubelet's defaulting: 0 is 100
 
 
+def _pod_cidr(key: str, value: Any) -> str | None:
+    text = _text(key, value)
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as err:
+        raise ValueError(f"not a CIDR: {err}") from None
+
+
 def _flag(key: str, value: Any) -> bool:
     return bool(value)
 
@@ -498,6 +509,7 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "seccompDefault": ("seccomp_default", _flag),
     "containerLogMaxSize": ("container_log_max_size", _log_max_size),
     "containerLogMaxFiles": ("container_log_max_files", _log_max_files),
+    "podCIDR": ("pod_cidr", _pod_cidr),
 }
 """kubelet key -> (AgentConfig field, converter). A converter returns None for kubelet's
 "unset" (the field keeps nodelet's default) and raises ValueError for a value nodelet refuses.
@@ -653,6 +665,7 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "registerNode": config.register_node,
             "allowedUnsafeSysctls": list(config.allowed_unsafe_sysctls),
             "seccompDefault": config.seccomp_default,
+            "podCIDR": config.pod_cidr,
             "containerLogMaxSize": _size(config.container_log_max_size),
             "containerLogMaxFiles": config.container_log_max_files,
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},

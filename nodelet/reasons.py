@@ -59,6 +59,10 @@ CONTAINER_STATUS_UNKNOWN = "ContainerStatusUnknown"
 # Pod reasons.
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 EVICTED = "Evicted"
+FAILED_CREATE_POD_SANDBOX = "FailedCreatePodSandBox"
+"""kubelet's event when the sandbox (here: its network) cannot be set up."""
+CREATE_POD_SANDBOX_ERROR = "CreatePodSandboxError"
+"""kubelet's ``ErrCreatePodSandbox``: a container waits for its pod's sandbox."""
 """kubelet's eviction manager: here, an emptyDir past its sizeLimit."""
 
 # Pod condition reasons.

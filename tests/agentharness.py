@@ -199,7 +199,9 @@ def agent_session(
     # know, so two sessions sharing one root would kill each other's pods. A later
     # --cgroup-root in extra_args wins (argparse keeps the last).
     cgroup_root = f"/nlt-{base.name.removeprefix('nlt-')}"
-    args = ["--cgroup-root", cgroup_root, *(extra_args or [])]
+    # No pod network unless a test asks for one (with names of its own): the built-in one
+    # would make the node's `nodelet0` bridge and `nodelet` nft table.
+    args = ["--cgroup-root", cgroup_root, "--network-plugin", "none", *(extra_args or [])]
 
     def make() -> Agent:
         agent = Agent(base, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import re
 import sys
@@ -155,6 +156,29 @@ def add_run_arguments(sub: Any) -> None:
         metavar="BOOL",
         help="RuntimeDefault seccomp for containers that name no profile (default: false)",
     )
+    net = run.add_argument_group("pod network")
+    net.add_argument(
+        "--network-plugin",
+        choices=("builtin", "cni", "none"),
+        help="builtin: a bridge and an IP per pod; cni: the plugins of --cni-conf-dir; none: "
+        "loopback only (default: builtin)",
+    )
+    net.add_argument("--pod-cidr", help=f"built-in network's pod CIDR ({AgentConfig.pod_cidr})")
+    net.add_argument("--pod-bridge", help=f"built-in network's bridge ({AgentConfig.pod_bridge})")
+    net.add_argument(
+        "--pod-cidr-routes",
+        type=cidr_routes,
+        metavar="CIDR=NODEIP,...",
+        help="other nodes' pod CIDRs and node IPs: host-gw routes to them",
+    )
+    net.add_argument("--network-table", help=argparse.SUPPRESS)  # tests: a table of their own
+    net.add_argument("--cni-conf-dir", type=Path, help="CNI configs (default: /etc/cni/net.d)")
+    net.add_argument(
+        "--cni-bin-dir",
+        type=comma_list,
+        metavar="DIR,...",
+        help="CNI plugin dirs (default: /opt/cni/bin,/usr/lib/cni)",
+    )
     run.add_argument(
         "--container-log-max-size",
         type=log_max_size,
@@ -284,6 +308,22 @@ def url_headers(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def cidr_routes(text: str) -> tuple[tuple[str, str], ...]:
+    """``10.85.1.0/24=192.0.2.11,...`` -> ((cidr, node ip), ...), each checked."""
+    routes = []
+    for item in comma_list(text):
+        cidr, equals, gateway = item.partition("=")
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=True)
+            address = ipaddress.ip_address(gateway.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{item!r}: {err}") from None
+        if not equals:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected CIDR=NODEIP")
+        routes.append((str(network), str(address)))
+    return tuple(routes)
+
+
 _FLAG_FIELDS = {
     "file_check_frequency": "file_check_frequency",
     "http_check_frequency": "http_check_frequency",
@@ -301,6 +341,11 @@ _FLAG_FIELDS = {
     "manifest_validation": "manifest_validation",
     "container_log_max_size": "container_log_max_size",
     "container_log_max_files": "container_log_max_files",
+    "network_plugin": "network_plugin",
+    "pod_cidr": "pod_cidr",
+    "pod_bridge": "pod_bridge",
+    "pod_cidr_routes": "pod_cidr_routes",
+    "network_table": "network_table",
 }
 """Flag dest -> AgentConfig field, for flags whose value is taken as it is."""
 _FLAG_PATHS = {
@@ -329,6 +374,10 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.node_labels:
         values["node_labels"] = args.node_labels
+    if args.cni_conf_dir is not None:
+        values["cni_conf_dir"] = args.cni_conf_dir.absolute()
+    if args.cni_bin_dir:
+        values["cni_bin_dirs"] = tuple(Path(d).absolute() for d in args.cni_bin_dir)
     if args.node_status_update_frequency is not None:
         values["node_status_update_frequency"] = args.node_status_update_frequency
     return values
@@ -362,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.config import UnsafeDirError
     from nodelet.configfile import ConfigFileError, print_config
     from nodelet.logs import agentlog
+    from nodelet.network.api import NetworkError
     from nodelet.runtime.process import ProcessRuntime
     from nodelet.security.sysctls import allowlist_errors
     from nodelet.util import nodeinfo
@@ -393,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
-    except (UnsafeDirError, KubeconfigError) as err:
+    except (UnsafeDirError, KubeconfigError, NetworkError) as err:
         print(f"nodelet run: {err}", file=sys.stderr)
         return 1
     return 0

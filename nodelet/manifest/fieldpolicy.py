@@ -50,7 +50,7 @@ _CONTAINER: dict[str, Policy] = {
     "env[].valueFrom.resourceFieldRef": NO, "env[].valueFrom.fileKeyRef": NO,
     "envFrom": FORBID,
     "ports": S, "ports[]": S, "ports[].containerPort": OK, "ports[].name": OK,
-    "ports[].protocol": OK, "ports[].hostIP": NO, "ports[].hostPort": OK,
+    "ports[].protocol": OK, "ports[].hostIP": OK, "ports[].hostPort": OK,
     "volumeMounts": S, "volumeMounts[]": S, "volumeMounts[].name": OK,
     "volumeMounts[].mountPath": OK, "volumeMounts[].readOnly": OK,
     "volumeMounts[].subPath": OK, "volumeMounts[].subPathExpr": OK,

@@ -12,6 +12,7 @@ a value of any shape that check already reported; it skips such a value rather t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -555,6 +556,14 @@ def _env(env: Any, path: str, error: ErrorSink) -> None:
             error(f"{where}.valueFrom.fieldRef.fieldPath", f"unsupported field {show(ref)}")
 
 
+def _is_ip(value: Any) -> bool:
+    try:
+        ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        return False
+    return True
+
+
 def _ports(ports: Any, path: str, host_network: bool, error: ErrorSink) -> None:
     names: set[str] = set()
     for index, port in _objects(ports):
@@ -565,9 +574,18 @@ def _ports(ports: Any, path: str, host_network: bool, error: ErrorSink) -> None:
             number = _int(port.get(key))
             if number is not None and not 1 <= number <= 65535:
                 error(f"{where}.{key}", "must be between 1 and 65535")
-        if port.get("hostPort") and not host_network:
-            error(f"{where}.hostPort", "unsupported: hostPort without hostNetwork (pod network)")
         protocol = port.get("protocol")
+        host_port = _int(port.get("hostPort"))
+        container_port = _int(port.get("containerPort"))
+        in_range = all(p is not None and 1 <= p <= 65535 for p in (host_port, container_port))
+        if host_network and in_range and host_port != container_port:
+            error(f"{where}.hostPort", "must match `containerPort` when `hostNetwork` is true")
+        if host_port and not host_network and protocol == "SCTP":
+            error(f"{where}.protocol", "unsupported: an SCTP hostPort (the pod network maps TCP "
+                  "and UDP)")  # fmt: skip
+        host_ip = port.get("hostIP")
+        if host_ip is not None and not _is_ip(host_ip):
+            error(f"{where}.hostIP", "must be a valid IP address")
         if protocol is not None and protocol not in PROTOCOLS:
             error(f"{where}.protocol", "must be TCP, UDP or SCTP")
         name = port.get("name")

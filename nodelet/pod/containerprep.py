@@ -60,6 +60,8 @@ class PodContext:
     pod_logs_dir: Path
     volume_paths: Mapping[str, str]
     security: NodeSecurity = NodeSecurity()
+    hosts_file: str | None = None
+    """The pod's managed ``/etc/hosts`` (with its IP), mounted into every container."""
 
 
 def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
@@ -175,6 +177,8 @@ def build_container_config(
         security.privileged, sc.get("procMount") or "Default"
     )
     mounts = [_mount(ctx, name, mount, env) for mount in container.get("volumeMounts") or []]
+    if ctx.hosts_file and not any(m.target == "/etc/hosts" for m in mounts):
+        mounts.insert(0, Mount(ctx.hosts_file, "/etc/hosts"))  # first: a volume may cover /etc
     lifecycle = container.get("lifecycle") or {}
     try:
         pre_stop = None

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from nodelet.logs import retention
 from nodelet.logs.reader import fallback_message
 from nodelet.manifest import schema
 from nodelet.model import StaticPod
+from nodelet.network.api import NetworkError, PodNetwork, PodNetworkRequest
 from nodelet.pod.actions import (
     PodActions,
     StartAction,
@@ -47,6 +49,7 @@ from nodelet.pod.containerprep import (
     pod_log_dir,
     sandbox_config,
 )
+from nodelet.pod.network import hosts_file, port_mappings
 from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import (
@@ -76,12 +79,15 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_ERROR_SECONDS = 1.0
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 
+NETWORK_RETRY_SECONDS = 2.0
+"""A pod whose network setup failed (no free IP, a hostPort taken) tries again this soon."""
 VOLUME_REMOVAL_ATTEMPTS = 3
 """A tmpfs still busy is retried; what is left after that is swept at the next agent start."""
 USAGE_CHECK_SECONDS = 10.0
 """How often emptyDir usage is measured against ``sizeLimit`` (kubelet's eviction interval)."""
 SYSCTL_FORBIDDEN = "SysctlForbidden"
 APPARMOR_REFUSED = "AppArmor"
+HOST_PORT_UNAVAILABLE = "HostPortUnavailable"
 
 
 def _sysctl_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
@@ -99,8 +105,16 @@ def _lsm_refusal(pod: StaticPod, _config: AgentConfig) -> tuple[str, str] | None
     return (APPARMOR_REFUSED if "AppArmor" in message else "SELinux", message) if message else None
 
 
+def _host_port_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
+    """A hostPort needs a pod network to map it: never dropped silently."""
+    if config.network_plugin != "none" or pod.host_network or not port_mappings(pod):
+        return None
+    return (HOST_PORT_UNAVAILABLE, "hostPort needs a pod network, and this node runs "
+            "--network-plugin=none")  # fmt: skip
+
+
 AdmissionCheck = Callable[[StaticPod, AgentConfig], "tuple[str, str] | None"]
-ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (_sysctl_refusal, _lsm_refusal)
+ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (_sysctl_refusal, _lsm_refusal, _host_port_refusal)
 """Each returns (reason, message) when the node must refuse the pod, else None."""
 
 
@@ -153,6 +167,8 @@ class WorkerContext:
     on_event: Callable[[StaticPod, str, str, str, str], None] = _no_event
     """Called with (pod, type, reason, message, fieldPath): kubelet's events for the pod."""
     cgroups: CgroupDriver | None = None
+    network: PodNetwork | None = None
+    """The pod network (``--network-plugin``); None: a pod's netns has only loopback."""
     """The node's cgroup driver; None where cgroups are unusable (limits are then refused)."""
     sync_hook: Callable[[StaticPod, Awaitable[float | None]], Awaitable[float | None]] = _plain_sync
     """Awaits one sync pass and returns its result: the agent times it (metrics, /healthz)."""
@@ -247,6 +263,13 @@ class PodWorker:
         self._kill_requested = False
         self._failures: dict[str, StartFailure] = {}
         self._volume_paths: dict[str, str] | None = None
+        network = self._ctx.network
+        self._pod_ips: tuple[str, ...] = ()
+        """The pod's IPs: its persisted allocation at first (re-adoption reports it at once)."""
+        if network is not None and not pod.host_network:
+            self._pod_ips = network.ips_of(pod.uid)
+        self._network_holder: int | None = None
+        """The holder whose netns the network was set up in (a new holder, a new setup)."""
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self._configs: dict[str, ContainerConfig] = {}
@@ -343,7 +366,7 @@ class PodWorker:
     async def _sync(self) -> float | None:
         """One pass: observe, decide, act, report. Returns when to sync again at the latest."""
         runtime = self._ctx.runtime
-        sandbox = await runtime.pod_status(self.uid)
+        sandbox = await self._pod_status()
         await self._inspect_finished_runs(sandbox)
         deadline_at = self._active_deadline(sandbox)
         if self._terminal_failure is None and sandbox is None:
@@ -368,21 +391,24 @@ class PodWorker:
                 self._ctx.backoff.next(key, sandbox.finished_at, self._ctx.clock())
             sandbox = await self._create_sandbox()
             actions = self._actions(sandbox)
-        for start in actions.start:
+        starts = actions.start
+        if starts and sandbox is not None and not await self._ensure_network(sandbox, actions):
+            starts = []
+        for start in starts:
             await self._start_container(start, sandbox)
         if actions.start:
-            sandbox = await runtime.pod_status(self.uid)
+            sandbox = await self._pod_status()
             actions = self._actions(sandbox)
             if actions.start:
                 self.poke()  # something already finished (a quick init container): go on now
         if await self._sync_probes(sandbox):
-            sandbox = await runtime.pod_status(self.uid)
+            sandbox = await self._pod_status()
             actions = self._actions(sandbox)
         if actions.terminal_phase and sandbox is not None and sandbox.ready:
             # Nothing will run again: free the namespaces, as kubelet removes the sandbox.
             log.info("pod %s: ending its holder %s", actions.terminal_phase, describe(self.pod))
             await runtime.stop_sandbox(self.uid, 0.0)
-            sandbox = await runtime.pod_status(self.uid)
+            sandbox = await self._pod_status()
         self._report(sandbox, actions)
         return actions.wake_at
 
@@ -485,6 +511,54 @@ class PodWorker:
             self._event(reasons.EVENT_WARNING, reasons.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
         return deadline_at
 
+    async def _pod_status(self) -> SandboxStatus | None:
+        """The runtime's view of the pod, with the IP the pod network gave it."""
+        sandbox = await self._ctx.runtime.pod_status(self.uid)
+        if sandbox is not None and sandbox.pod_ip is None and self._pod_ips:
+            sandbox = dataclasses.replace(sandbox, pod_ip=self._pod_ips[0])
+        return sandbox
+
+    async def _ensure_network(self, sandbox: SandboxStatus, actions: PodActions) -> bool:
+        """Attach the pod's netns to the pod network, once per holder, before any container
+        starts (kubelet's sandbox network setup). A failure (``no free pod IP``, a hostPort in
+        use) holds every start back and is retried."""
+        network = self._ctx.network
+        holder = sandbox.holder_pid
+        if network is None or self.pod.host_network or holder is None:
+            return True
+        if self._network_holder == holder:
+            return True
+        request = PodNetworkRequest(
+            self.uid, self.pod.namespace, self.pod.name, f"/proc/{holder}/ns/net",
+            port_mappings(self.pod),
+        )  # fmt: skip
+        try:
+            result = await network.setup(request)
+        except (NetworkError, OSError) as err:
+            now = self._ctx.clock()
+            message = f"failed to set up the pod network: {err}"
+            self._event(reasons.EVENT_WARNING, reasons.FAILED_CREATE_POD_SANDBOX, message)
+            for start in actions.start:
+                self._record_failure(start.name, reasons.CREATE_POD_SANDBOX_ERROR, message, now)
+            actions.wake_no_later_than(now + NETWORK_RETRY_SECONDS)
+            return False
+        self._pod_ips, self._network_holder = result.ips, holder
+        await asyncio.to_thread(self._write_hosts_file)
+        return True
+
+    def _hosts_path(self) -> Path:
+        return safepath.child(self._ctx.config.pods_state_dir, self.uid) / "etc-hosts"
+
+    def _write_hosts_file(self) -> None:
+        """kubelet's managed ``/etc/hosts`` with the pod's IPs, replaced atomically."""
+        path = self._hosts_path()
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        hostname = pod_hostname(self.pod, self._ctx.node_hostname)
+        tmp = path.with_name(".etc-hosts.tmp")
+        tmp.write_text(hosts_file(self.pod, hostname, self._pod_ips))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+
     async def _check_local_storage(self) -> None:
         """kubelet's eviction manager for emptyDir ``sizeLimit`` (every ``USAGE_CHECK_SECONDS``):
         a pod whose disk emptyDir grew past its limit is killed at once and reported Failed,
@@ -531,7 +605,7 @@ class PodWorker:
             await self._ctx.runtime.stop_sandbox(
                 self.uid, self.pod.grace_seconds if grace is None else grace
             )
-            sandbox = await self._ctx.runtime.pod_status(self.uid)
+            sandbox = await self._pod_status()
         actions = PodActions(terminal_phase="Failed")
         self._report(sandbox, actions)
         if self.status is not None:
@@ -624,6 +698,7 @@ class PodWorker:
             pod_logs_dir=config.pod_logs_dir,
             volume_paths=self._volume_paths,
             security=node_security(config),
+            hosts_file=str(self._hosts_path()) if self._network_holder is not None else None,
         )
 
     def _container_spec(self, start: StartAction) -> dict[str, Any]:
@@ -773,6 +848,12 @@ class PodWorker:
                 # The successor waits for this pod to be gone, so keep trying rather than lie.
                 log.exception("kill failed, retrying %s", describe(pod))
                 await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
+        network = self._ctx.network
+        if network is not None and not pod.host_network:
+            try:
+                await network.teardown(pod.uid, None)
+            except (NetworkError, OSError) as err:
+                log.error("cannot detach %s from the pod network: %s", describe(pod), err)
         if self._ctx.cgroups is not None:
             try:
                 await asyncio.to_thread(self._ctx.cgroups.remove_pod, pod.uid, self._qos)

@@ -27,6 +27,7 @@ import pytest
 
 from nodelet.network.api import NetworkError, PodNetworkRequest, PortMapping
 from nodelet.network.builtin import BuiltinNetwork, veth_name
+from tests.system.nodeaddress import node_address
 
 pytestmark = [
     pytest.mark.system,
@@ -151,7 +152,8 @@ def ip_json(*args: str) -> list[dict[str, Any]]:
 
 
 def node_ip() -> str:
-    return str(ip_json("route", "get", "198.51.100.1")[0]["prefsrc"])
+    """A local address of the node that is not loopback (see tests.system.nodeaddress)."""
+    return node_address()
 
 
 def links_in(path: str) -> dict[str, list[str]]:

@@ -29,14 +29,18 @@ import pytest
 from nodelet.network.api import NetworkError, PodNetworkRequest, PortMapping
 from nodelet.network.cni import CniNetwork
 from tests.agentharness import free_port
+from tests.system.nodeaddress import node_address
 
-pytestmark = [
-    pytest.mark.system,
-    pytest.mark.skipif(
-        not Path("/usr/lib/cni/bridge").exists() or shutil.which("iptables-save") is None,
-        reason="needs Debian's containernetworking-plugins (and iptables)",
-    ),
-]
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(autouse=True)
+def _plugins_installed() -> None:
+    """`make test` installs Debian's plugins (and iptables): missing, it is a failure."""
+    assert Path("/usr/lib/cni/bridge").exists() and shutil.which("iptables-save"), (
+        "needs Debian's containernetworking-plugins and iptables: run `make test`"
+    )
+
 
 PLUGINS = Path("/usr/lib/cni")
 SERVER = """
@@ -67,16 +71,8 @@ def iptables_rules() -> str:
 
 
 def node_ip() -> str:
-    """The node's own address: the source of its default route, else its first global IPv4."""
-    route = run("ip", "-4", "route", "show", "default")
-    via = re.search(r"dev (\S+)", route)
-    addrs = run(
-        "ip", "-4", "-o", "addr", "show", "scope", "global", *(["dev", via[1]] if via else [])
-    )
-    found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", addrs)
-    if found is None:
-        pytest.skip("the node has no global IPv4 address to test hostPort on")
-    return found[1]
+    """A local address of the node that is not loopback (see tests.system.nodeaddress)."""
+    return node_address()
 
 
 @dataclass

@@ -73,7 +73,7 @@ def valid_pod() -> dict[str, Any]:
                         ),
                     ],
                     "ports": [
-                        {"containerPort": 1, "hostPort": 65535, "name": "web", "protocol": "TCP"},
+                        {"containerPort": 1, "hostPort": 1, "name": "web", "protocol": "TCP"},
                         {"containerPort": 65535, "protocol": "UDP", "name": "a23456789012345"},
                         {"containerPort": 80, "protocol": "SCTP"},
                     ],
@@ -499,16 +499,22 @@ def test_port_zero_is_refused() -> None:
     ]
 
 
-def test_host_port_needs_host_network() -> None:
-    assert problems(changed("spec.hostNetwork", False)) == [
-        (f"{C}.ports[0].hostPort", "unsupported: hostPort without hostNetwork (pod network)")
+def test_host_ports_with_and_without_host_network() -> None:
+    # The pod network maps a hostPort to the pod's own IP: no hostNetwork needed.
+    assert problems(changed("spec.hostNetwork", False)) == []
+    # With the node's network there is nothing to map: the API server's rule.
+    assert problems(changed(f"{C}.ports[0].hostPort", 8080)) == [
+        (f"{C}.ports[0].hostPort", "must match `containerPort` when `hostNetwork` is true")
     ]
-    assert problems(changed("spec.hostNetwork", ...)) == [
-        (f"{C}.ports[0].hostPort", "unsupported: hostPort without hostNetwork (pod network)")
+    sctp = changed("spec.hostNetwork", False)
+    sctp["spec"]["containers"][0]["ports"][0]["protocol"] = "SCTP"
+    assert problems(sctp) == [
+        (f"{C}.ports[0].protocol",
+         "unsupported: an SCTP hostPort (the pod network maps TCP and UDP)")
+    ]  # fmt: skip
+    assert problems(changed(f"{C}.ports[0].hostIP", "not-an-ip")) == [
+        (f"{C}.ports[0].hostIP", "must be a valid IP address")
     ]
-    without = changed("spec.hostNetwork", False)
-    del without["spec"]["containers"][0]["ports"][0]["hostPort"]
-    assert problems(without) == []
 
 
 def test_a_port_without_protocol_is_tcp_and_port_names_are_per_container() -> None:
