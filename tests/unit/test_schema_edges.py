@@ -364,5 +364,6 @@ def test_host_network_must_be_true_not_just_set() -> None:
     manifest = pod(hostNetwork="yes", containers=[{"name": "app", "image": "h", "ports": ports}])
     assert not [p for p in problems(manifest) if "hostPort" in p[0]]
     manifest = pod(hostNetwork=True, containers=[{"name": "app", "image": "h", "ports": ports}])
-    assert ("spec.containers[0].ports[0].hostPort",
-            "must match `containerPort` when `hostNetwork` is true") in problems(manifest)  # fmt: skip
+    expected = ("spec.containers[0].ports[0].hostPort",
+                "must match `containerPort` when `hostNetwork` is true")  # fmt: skip
+    assert expected in problems(manifest)
