@@ -6,13 +6,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from nodelet.probe.result import Outcome, ProbeResult
-from nodelet.probe.worker import ProbeSpec, ProbeWorker
+from nodelet.probe.worker import TICK_SLACK, ProbeSpec, ProbeWorker, _slot
 
 pytestmark = pytest.mark.unit
 
@@ -490,3 +490,45 @@ async def test_real_timer_wait_ends_when_the_gate_opens() -> None:
     worker.stop()
     await worker.join()
     assert time.monotonic() - began < 0.05  # a stop ends the wait at once
+
+
+def test_tick_slots_round_up_to_the_grid() -> None:
+    assert _slot(1.0) == pytest.approx(1.0)
+    assert _slot(1.001) == pytest.approx(1.0 + TICK_SLACK)
+    assert _slot(1.0 + TICK_SLACK - 0.001) == pytest.approx(1.0 + TICK_SLACK)
+
+
+async def test_real_timer_ticks_of_two_workers_share_a_slot() -> None:
+    """Probes due in the same 50 ms slot wake in the same loop pass: on the shared grid, at most
+    one slot late, never early."""
+    loop = asyncio.get_running_loop()
+    calls: dict[str, list[float]] = {"a": [], "b": []}
+    started: dict[str, float] = {}
+
+    def prober(name: str) -> Callable[[], Awaitable[ProbeResult]]:
+        async def probe() -> ProbeResult:
+            calls[name].append(loop.time())
+            return S
+
+        return probe
+
+    workers = {
+        name: ProbeWorker(ProbeSpec("readiness", period=0.2), prober(name), lambda *_: None)
+        for name in calls
+    }
+    # Both start inside one slot (10 and 17 ms into it); a period of 4 slots keeps them there.
+    await asyncio.sleep(_slot(loop.time()) + 0.010 - loop.time())
+    for name, worker in workers.items():
+        started[name] = loop.time()  # the loop's clock is time.monotonic, the worker's
+        worker.start(time.monotonic())
+        await asyncio.sleep(0.007)
+    await asyncio.sleep(0.65)
+    for worker in workers.values():
+        worker.stop()
+        await worker.join()
+    for name, ticks in calls.items():
+        assert len(ticks) >= 3, calls
+        due = started[name] + 0.2  # the first tick ran at once, the second is a period later
+        assert 0 <= ticks[1] - _slot(due) < 0.03, (name, ticks[1], _slot(due))
+    if _slot(started["a"] + 0.2) == _slot(started["b"] + 0.2):  # unless the loop lagged a slot
+        assert abs(calls["a"][1] - calls["b"][1]) < 0.002  # one timer pass woke both
