@@ -68,8 +68,10 @@ def process_gone(pid: int) -> bool:
 class Agent:
     """One ``nodelet run`` subprocess and its directories."""
 
-    def __init__(self, base: Path, extra_args: list[str]) -> None:
+    def __init__(self, base: Path, extra_args: list[str], prefix: list[str] | None = None) -> None:
         self.base = base
+        self.prefix = list(prefix or [])
+        """Runs the agent under this command (``ip netns exec <ns>``: a node of its own)."""
         self.manifests = base / "manifests"
         self.root = base / "root"
         self.run_dir = base / "run"
@@ -93,12 +95,17 @@ class Agent:
             "--healthz-port": str(self.port),
         }
         flags = [part for flag, value in base.items() if flag not in omit for part in (flag, value)]
-        cmd = [sys.executable, "-m", "nodelet", "run", *flags, *self.extra_args]
+        cmd = [*self.prefix, sys.executable, "-m", "nodelet", "run", *flags, *self.extra_args]
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         wait_for(self.healthy, 20, "agent /healthz")
 
     def healthy(self) -> bool:
+        if self.prefix:  # its 127.0.0.1 may be another netns's: ask over the unix socket
+            try:
+                return bool(self.alive() and self.get("/pods") is not None)
+            except OSError:
+                return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
                 return bool(r.status == 200)
@@ -189,9 +196,10 @@ class Agent:
 
 @contextlib.contextmanager
 def agent_session(
-    extra_args: list[str] | None = None, show_log: bool = True
+    extra_args: list[str] | None = None, show_log: bool = True, prefix: list[str] | None = None
 ) -> Iterator[Callable[[], Agent]]:
-    """Yields a factory of agents sharing one set of dirs (a restarted agent is a new Agent)."""
+    """Yields a factory of agents sharing one set of dirs (a restarted agent is a new Agent);
+    ``prefix`` wraps each agent's command (see :attr:`Agent.prefix`)."""
     base = Path(tempfile.mkdtemp(prefix="nlt-"))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     agents: list[Agent] = []
@@ -204,7 +212,7 @@ def agent_session(
     args = ["--cgroup-root", cgroup_root, "--network-plugin", "none", *(extra_args or [])]
 
     def make() -> Agent:
-        agent = Agent(base, args)
+        agent = Agent(base, args, prefix)
         agents.append(agent)
         return agent
 
