@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,12 @@ class Node:
         status = self.a.container_status(name, container) or {}
         return str(status.get("state", {}).get("waiting", {}).get("message", ""))
 
+    def setup_failures_logged(self, name: str) -> int:
+        """How many times the agent logged a failed network setup of the pod ``name``."""
+        pod = f"pod=default/{name}-{NODE} "
+        text = self.a.output.read_text()
+        return sum(pod in line and "set up the pod network" in line for line in text.splitlines())
+
     def remove_all(self) -> None:
         """Remove every manifest; wait until /pods is empty and every holder has ended."""
         for path in list(self.a.manifests.iterdir()):
@@ -252,12 +259,19 @@ def test_host_port_from_the_node_and_hairpin_and_a_taken_port_waits(node: Node) 
     assert node.value("a", "hairpin", "hairpin"), "A must reach its own hostPort"
     assert not node.value("a", "hairpin", "hairpin").startswith("error")
     node.a.write_manifest("c.json", manifest("c", [server(port)]))
-    wait_for(lambda: "is already used by pod" in node.waiting_message("c", "server"), 20,
-             "c waiting on its hostPort")  # fmt: skip
-    assert f"hostPort {port}/TCP is already used by pod default/a-{NODE}" in node.waiting_message(
-        "c", "server"
-    )
+    wait_for(lambda: node.setup_failures_logged("c"), 20, "c's network setup refused")
+    before = node.setup_failures_logged("c")
+    time.sleep(4)
+    retries = node.setup_failures_logged("c") - before
+    assert retries <= 4, f"{retries} setup attempts in 4 s: the retry is every 2 s, not a loop"
+    message = node.waiting_message("c", "server")
+    assert f"hostPort {port}/TCP is already used by pod default/a-{NODE}" in message, message
     assert node.claims() == [f"{node.a.pod('a')['metadata']['uid']}.json"]  # type: ignore[index]
+    (node.a.manifests / "a.json").unlink()
+    node.value("c", "server", "listening")  # c starts once A's hostPort is free
+    assert wait_for(lambda: node.a.running("c"), 20, "c running")
+    assert seen_by_server(None, "127.0.0.1", port).strip()  # now through c's mapping
+    assert node.claims() == [f"{node.a.pod('c')['metadata']['uid']}.json"]  # type: ignore[index]
 
 
 # --- 3. /etc/hosts ------------------------------------------------------------------------
@@ -401,6 +415,43 @@ def test_cni_mode_reachability_host_port_and_nothing_left() -> None:
             "host-local": sorted(p.name for p in ipam_dir.glob(f"{prefix}.*")),
             "iptables": [r for r in iptables_rules().splitlines()
                          if prefix + "." in r or f"--dport {port} " in r],
+        })  # fmt: skip
+
+
+def test_cni_kill_during_ten_starts_converges_and_removal_leaves_nothing() -> None:
+    with cni_node() as cni:
+        prefix = cni.cidr.removesuffix(".0/24")
+        ipam_dir: Path = cni.extra["ipam"]
+        state = cni.a.root / "network" / "cni"
+
+        def host_local() -> list[str]:
+            return sorted(p.name for p in ipam_dir.glob(f"{prefix}.*"))
+
+        base_port = 31000 + secrets.randbelow(20000)
+        marks = {f"p{i}": marker(f"p{i}") for i in range(10)}
+        for i, (name, mark) in enumerate(marks.items()):
+            container = program("main", SLEEP, mark, ports=[
+                {"containerPort": PORT, "hostPort": base_port + i}])  # fmt: skip
+            cni.a.write_manifest(f"{name}.json", manifest(name, [container]))
+        wait_for(host_local, 20, "a first host-local allocation", interval=0.002)
+        cni.kill9()
+        print(f"killed with {len(host_local())} of 10 addresses allocated")
+        cni.start()
+        wait_for(lambda: all(cni.a.running(n) for n in marks), 60, "all 10 running")
+        ips = {name: cni.ip(name) for name in marks}
+        assert len(set(ips.values())) == 10, f"a duplicate pod IP: {ips}"
+        assert host_local() == sorted(ips.values())
+        assert len(cni.ports()) == 10
+        for name, mark in marks.items():
+            assert eth0_addresses(process_with(mark)) == [ips[name]], name
+        cni.remove_all()
+        cni.nothing_left(lambda: {
+            "veths": cni.ports(),
+            "host-local": host_local(),
+            "iptables": [r for r in iptables_rules().splitlines()
+                         if prefix + "." in r or f"--dport {base_port}" in r],
+            "cache": sorted(p.name for p in (state / "results").glob("*")),
+            "pins": sorted(p.name for p in (state / "netns").glob("*")),
         })  # fmt: skip
 
 
