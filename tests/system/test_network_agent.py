@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from nodelet.network.builtin import BuiltinNetwork, veth_name
@@ -74,6 +75,7 @@ for line in open("/etc/hosts").read().splitlines():
 time.sleep(3600)
 """
 SLEEP = "import time; time.sleep(3600)"
+FAST_BACKOFF = ["--crashloop-backoff-initial", "1s", "--crashloop-backoff-max", "8s"]
 
 
 def program(name: str, source: str, *args: str, **extra: Any) -> dict[str, Any]:
@@ -209,7 +211,7 @@ def builtin_node(prefixlen: int = 24) -> Iterator[Node]:
     cidr = f"10.197.{secrets.randbelow(250) + 1}.0/{prefixlen}"
     scratch = Path(tempfile.mkdtemp(prefix="nlt-net-"))
     try:
-        with agent_session(builtin_args(bridge, cidr, table)) as make:
+        with agent_session([*builtin_args(bridge, cidr, table), *FAST_BACKOFF]) as make:
             yield Node(bridge, cidr, table, make)
     finally:
         leftover = BuiltinNetwork(cidr=cidr, state_dir=scratch, bridge=bridge, nft_table=table)
@@ -295,17 +297,25 @@ def test_etc_hosts_in_the_pod_carries_its_ip_and_hostname(node: Node) -> None:
 
 
 def test_a_killed_agent_comes_back_and_every_pod_keeps_its_ip(node: Node) -> None:
-    node.pod_up("a", [server()])
-    node.pod_up("b", [program("main", SLEEP)])
+    port, mark = free_port(), marker("hosts")
+    node.pod_up("a", [server(port)])
+    node.pod_up("b", [program("main", HOSTS, mark)])
     before = {name: node.ip(name) for name in ("a", "b")}
     node.kill9()
     node.start()
-    after = {name: node.ip(name) for name in ("a", "b")}
-    assert after == before
+    after = {name: node.a.pod(name)["status"].get("podIP") for name in ("a", "b")}  # type: ignore[index]
+    assert after == before, "re-adoption must report each pod's own IP at once"
     assert node.a.running("a") and node.a.running("b")
     assert seen_by_server(None, before["a"], PORT).strip()  # the same pod, still reachable
+    assert seen_by_server(None, "127.0.0.1", port).strip()  # and its hostPort still mapped
     assert len(node.ports()) == 2
     assert sorted(node.ipam()) == sorted(before.values())
+    # A container restarted by the new agent gets the managed /etc/hosts with the same IP.
+    psutil.Process(process_with(mark)).kill()
+    pod_b = wait_for(lambda: node.a.pod("b"), 10, "b in /pods")
+    node.a.log_value(pod_b, "main", "hostname", attempt=1)
+    wait_for(lambda: len(node.a.log_lines(pod_b, "main", 1)) > 3, 10, "hosts lines")
+    assert f"hosts={before['b']}\tb-{NODE}" in node.a.log_lines(pod_b, "main", 1)
 
 
 # --- 5. kill -9 during ten starts ---------------------------------------------------------
