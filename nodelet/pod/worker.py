@@ -34,6 +34,7 @@ from nodelet.pod.actions import (
     PodActions,
     StartAction,
     StartFailure,
+    Waiting,
     backoff_key,
     compute_pod_actions,
     sandbox_backoff_key,
@@ -396,7 +397,7 @@ class PodWorker:
             starts = []
         for start in starts:
             await self._start_container(start, sandbox)
-        if actions.start:
+        if starts:
             sandbox = await self._pod_status()
             actions = self._actions(sandbox)
             if actions.start:
@@ -540,6 +541,7 @@ class PodWorker:
             self._event(reasons.EVENT_WARNING, reasons.FAILED_CREATE_POD_SANDBOX, message)
             for start in actions.start:
                 self._record_failure(start.name, reasons.CREATE_POD_SANDBOX_ERROR, message, now)
+                actions.waiting[start.name] = Waiting(reasons.CREATE_POD_SANDBOX_ERROR, message)
             actions.wake_no_later_than(now + NETWORK_RETRY_SECONDS)
             return False
         self._pod_ips, self._network_holder = result.ips, holder
