@@ -240,8 +240,8 @@ def test_kubeadm_etcd_hung_by_sigstop_is_restarted_by_liveness_with_its_data(
     pod = agent.pod("etcd") or {}
     assert pod["metadata"]["namespace"] == "kube-system"
     # RuntimeDefault seccomp and containerd's default capabilities, on etcd itself.
-    status = Path(f"/proc/{one_pid(etcd)}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    proc_status = Path(f"/proc/{one_pid(etcd)}/status").read_text()
+    fields = dict(line.split(":", 1) for line in proc_status.splitlines() if ":" in line)
     assert fields["Seccomp"].strip() == "2"
     assert int(fields["CapEff"], 16) == 0xA80425FB
     assert pod["spec"]["priorityClassName"] == "system-node-critical"
