@@ -229,7 +229,9 @@ def apparmor_annotations(
         ):
             error(where, f"invalid AppArmor profile name: {quote(value)}")
             continue
-        container = containers.get(name)
+        if name not in containers:
+            continue  # reported above; the API server compares only existing containers
+        container = containers[name]
         field = _obj(_obj(_obj(container).get("securityContext")).get("appArmorProfile"))
         _annotation_matches(value, field or pod_profile, name, spec, error)
 

@@ -168,4 +168,4 @@ def test_every_bad_annotation_is_reported() -> None:
 
 def test_an_annotation_for_no_container_is_refused_whatever_the_pod_profile() -> None:
     manifest = annotated(pod(securityContext=apparmor("RuntimeDefault")), ghost="runtime/default")
-    assert (where("ghost"), "container not found") in errors(manifest)
+    assert errors(manifest) == [(where("ghost"), "container not found")]
