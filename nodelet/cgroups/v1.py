@@ -46,6 +46,9 @@ from nodelet.cgroups.resources import MIN_SHARES, CgroupLimits, cpu_shares
 JOIN_FILE = "tasks"
 """What a single-threaded process writes "0" to, to join a v1 cgroup (see above)."""
 
+KERNEL_DEFAULT_SHARES = 1024
+KERNEL_DEFAULT_PERIOD_US = 100_000
+"""What a new v1 cgroup starts with (its quota, memory and pids are unlimited)."""
 PAGE = 4096
 UNLIMITED = -1
 
@@ -64,12 +67,13 @@ class V1Driver(BaseDriver):
 
     def create_pod(self, pod_uid: str, qos: str, limits: CgroupLimits) -> None:
         parts = self.pod_parts(pod_uid, qos)
+        fresh = True
         for mount in self.mounts:
             created = ensure_dirs(mount, parts[:-1])
             if mount == self.controllers["cpu"]:
                 self._qos_settings(created)
-            ensure_dirs(mount, parts)
-        self._apply(parts, limits)
+            fresh = bool(ensure_dirs(mount, parts)) and fresh
+        self._apply(parts, limits, fresh)
 
     def _qos_settings(self, created: list[Path]) -> None:
         """kubelet's settings for the QoS-level cgroups this call created."""
@@ -84,21 +88,31 @@ class V1Driver(BaseDriver):
         self, pod_uid: str, qos: str, name: str, limits: CgroupLimits
     ) -> list[str]:
         parts = self.container_parts(pod_uid, qos, name)
+        fresh = True
         for mount in self.mounts:
-            ensure_dirs(mount, parts)
-        self._apply(parts, limits)
+            fresh = bool(ensure_dirs(mount, parts)) and fresh
+        self._apply(parts, limits, fresh)
         return [str(mount.joinpath(*parts, JOIN_FILE)) for mount in self.mounts]
 
     def holder_procs(self, pod_uid: str, qos: str) -> list[str]:
         parts = self.pod_parts(pod_uid, qos)
         return [str(mount.joinpath(*parts, JOIN_FILE)) for mount in self.mounts]
 
-    def _apply(self, parts: tuple[str, ...], limits: CgroupLimits) -> None:
+    def _apply(self, parts: tuple[str, ...], limits: CgroupLimits, fresh: bool = False) -> None:
+        """Write the limits; on cgroups this call just created (``fresh``: the kernel's defaults,
+        unlimited everything and 1024 shares) only the values that differ from those, since
+        every write is a syscall on the pod's start path."""
         cpu = self.controllers["cpu"].joinpath(*parts)
-        write(cpu / "cpu.shares", limits.cpu_shares)
-        write(cpu / "cpu.cfs_period_us", limits.cpu_period_us)
         quota = limits.cpu_quota_us
-        write(cpu / "cpu.cfs_quota_us", UNLIMITED if quota is None else quota)
+        if not fresh or limits.cpu_shares != KERNEL_DEFAULT_SHARES:
+            write(cpu / "cpu.shares", limits.cpu_shares)
+        if not fresh or limits.cpu_period_us != KERNEL_DEFAULT_PERIOD_US:
+            write(cpu / "cpu.cfs_period_us", limits.cpu_period_us)
+        if not fresh or quota is not None:
+            write(cpu / "cpu.cfs_quota_us", UNLIMITED if quota is None else quota)
+        if fresh:
+            self._fresh_memory_and_pids(parts, limits)
+            return
         memory = self.controllers["memory"].joinpath(*parts)
         memsw = memory / "memory.memsw.limit_in_bytes"
         # memory.limit_in_bytes may never exceed memsw: open memsw up, set both, in that order.
@@ -112,6 +126,17 @@ class V1Driver(BaseDriver):
         if "pids" in self.controllers:
             pids = self.controllers["pids"].joinpath(*parts)
             write(pids / "pids.max", "max" if limits.pids_limit is None else limits.pids_limit)
+
+    def _fresh_memory_and_pids(self, parts: tuple[str, ...], limits: CgroupLimits) -> None:
+        if limits.memory_limit is not None:
+            memory = self.controllers["memory"].joinpath(*parts)
+            # A new cgroup's memsw is unlimited: the limit first, then memsw down to it.
+            write(memory / "memory.limit_in_bytes", limits.memory_limit)
+            memsw = memory / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                write(memsw, limits.memory_limit)
+        if "pids" in self.controllers and limits.pids_limit is not None:
+            write(self.controllers["pids"].joinpath(*parts) / "pids.max", limits.pids_limit)
 
     def oom_killed(self, pod_uid: str, qos: str, name: str) -> bool:
         memory = self.controllers["memory"].joinpath(*self.container_parts(pod_uid, qos, name))
