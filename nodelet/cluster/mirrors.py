@@ -84,6 +84,10 @@ class MirrorPods:
                 self.mirrors[mirror.full_name] = mirror
         self._gone.clear()
         self.listed = True
+        # A fresh list means the API server answers again (after an outage): what waits out a
+        # back-off window from the outage is retried now, not up to RETRY_CAP_SECONDS later.
+        self._retry_at.clear()
+        self._failures.clear()
         self._dirty.set()
         for full_name in self.desired:
             self._on_mirror(full_name)

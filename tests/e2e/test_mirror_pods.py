@@ -526,17 +526,26 @@ def test_api_server_outage_pods_keep_running_and_everything_converges() -> None:
                 assert (cluster.local("newcomer") or {}).get("mirror") == "Pending"
             back = time.monotonic()
 
+            missing: list[str] = []
+
             def converged() -> bool:
                 crashy = cluster.mirror("crashy")
                 statuses = (crashy.status.container_statuses or []) if crashy else []
-                return bool(
-                    statuses
-                    and statuses[0].restart_count == 1
-                    and cluster.running_mirror("newcomer", 1) is not None
-                    and cluster.mirror("doomed") is None
-                )
+                missing[:] = [
+                    what
+                    for what, ok in (
+                        ("crashy's restartCount 1", statuses and statuses[0].restart_count == 1),
+                        ("newcomer's mirror Running", cluster.running_mirror("newcomer", 1)),
+                        ("doomed's mirror gone", cluster.mirror("doomed") is None),
+                    )
+                    if not ok
+                ]
+                return not missing
 
-            wait_for(converged, 15, "the API server to show it all", interval=0.2)
+            try:
+                wait_for(converged, 15, "the API server to show it all", interval=0.2)
+            except AssertionError as err:
+                raise AssertionError(f"{err}; still missing: {missing}") from None
             took = time.monotonic() - back
             node_status = cluster.node_json()
             assert node_status is not None
