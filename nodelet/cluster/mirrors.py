@@ -218,12 +218,27 @@ class MirrorPods:
             )
             log.info("mirror pod deleted %s/%s uid=%s", mirror.namespace, mirror.name, mirror.uid)
         except ApiError as err:
+            if err.not_found and await self._still_there(mirror):
+                # NodeRestriction answers 404 from its informer cache, which a restarted API
+                # server has not filled yet: the mirror is there, try again shortly.
+                raise ApiError(503, "NotYetKnown", "the API server does not know it yet") from None
             if not (err.not_found or err.conflict):  # gone already, or replaced meanwhile
                 raise
         self._tombstone(mirror.uid)
         current = self.mirrors.get(mirror.full_name)
         if current is not None and current.uid == mirror.uid:
             del self.mirrors[mirror.full_name]
+
+    async def _still_there(self, mirror: MirrorPod) -> bool:
+        """Whether a GET still finds this very mirror (its UID)."""
+        path = path_of("api", "v1", "namespaces", mirror.namespace, "pods", mirror.name)
+        try:
+            found = await self._caller.request("GET", path)
+        except ApiError as err:
+            if err.not_found:
+                return False
+            raise
+        return bool((found.get("metadata") or {}).get("uid") == mirror.uid)
 
     def _tombstone(self, uid: str) -> None:
         self._gone[uid] = None
