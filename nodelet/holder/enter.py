@@ -317,20 +317,13 @@ def _child(request: Request, cgroups: list[int], status_w: int) -> NoReturn:
         try:
             os.execvpe(argv[0], argv, dict(request["env"]))
         except OSError as err:
-            _fail(status_w, protocol.START_ERROR, spawn.exec_error(argv[0], err))
+            spawn.fail(status_w, protocol.START_ERROR, spawn.exec_error(argv[0], err))
     except spawn.SetupError as err:
-        _fail(status_w, protocol.SETUP_ERROR, str(err))
+        spawn.fail(status_w, protocol.SETUP_ERROR, str(err))
     except OSError as err:
-        _fail(status_w, protocol.SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
+        spawn.fail(status_w, protocol.SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
     except BaseException as err:
-        _fail(status_w, protocol.SETUP_ERROR, repr(err))
-
-
-def _fail(status_w: int, reason: str, message: str) -> NoReturn:
-    try:
-        os.write(status_w, json.dumps({"reason": reason, "message": message}).encode())
-    finally:
-        os._exit(EXIT_EXEC_FAILED)
+        spawn.fail(status_w, protocol.SETUP_ERROR, repr(err))
 
 
 def exit_code_of(error: EnterError) -> int:

@@ -186,16 +186,17 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
-            _fail(status_w, protocol.START_ERROR, exec_error(argv[0], err))
+            fail(status_w, protocol.START_ERROR, exec_error(argv[0], err))
     except SetupError as err:
-        _fail(status_w, protocol.SETUP_ERROR, str(err))
+        fail(status_w, protocol.SETUP_ERROR, str(err))
     except OSError as err:
-        _fail(status_w, protocol.SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
+        fail(status_w, protocol.SETUP_ERROR, f"{err.strerror or err}: {err.filename or ''}")
     except BaseException as err:
-        _fail(status_w, protocol.SETUP_ERROR, repr(err))
+        fail(status_w, protocol.SETUP_ERROR, repr(err))
 
 
-def _fail(status_w: int, reason: str, message: str) -> NoReturn:
+def fail(status_w: int, reason: str, message: str) -> NoReturn:
+    """In a forked child: report why it never reached exec, and exit 127."""
     try:
         os.write(status_w, json.dumps({"reason": reason, "message": message}).encode())
     finally:
