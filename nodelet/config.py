@@ -90,6 +90,9 @@ class AgentConfig:
     pod_cidr: str = "10.85.0.0/24"
     """The built-in network's pod CIDR (kubelet's ``podCIDR``); its first address is the
     bridge's."""
+    pod_cidr_explicit: bool = False
+    """``pod_cidr`` came from ``--pod-cidr`` or a config file: the Node's ``spec.podCIDR``
+    (assigned by the API server's side) does not replace it."""
     pod_bridge: str = "nodelet0"
     pod_cidr_routes: tuple[tuple[str, str], ...] = ()
     """(peer pod CIDR, peer node IP): host-gw routes, so pods on two nodes talk without NAT."""

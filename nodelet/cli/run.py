@@ -400,6 +400,8 @@ def build_config(
         )
         if update:
             values["node_status_report_frequency"] = update
+    if "pod_cidr" in values:  # an operator's choice: the Node's spec.podCIDR does not win
+        values["pod_cidr_explicit"] = True
     config = AgentConfig(node_name=node_name, node_ip=node_ip, **values)
     return config, settings.warnings
 
