@@ -22,6 +22,7 @@ from typing import Any
 
 from nodelet import reasons
 from nodelet.cgroups.driver import CgroupDriver
+from nodelet.cgroups.podtree import create_pod_cgroups, fresh_container_cgroup
 from nodelet.cgroups.quantity import QuantityError
 from nodelet.cgroups.resources import container_limits, container_resources, pod_limits, qos_class
 from nodelet.config import AgentConfig
@@ -274,6 +275,8 @@ class PodWorker:
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self._configs: dict[str, ContainerConfig] = {}
+        self._ready_cgroups: dict[str, list[str]] = {}
+        """Container cgroups made with the pod's, each for its container's next run only."""
         """The last config each container was started with (its user for exec probes)."""
         self._terminal_failure: tuple[str, str] | None = None
         self._terminal_grace: float | None = None
@@ -493,7 +496,10 @@ class PodWorker:
         driver = self._ctx.cgroups
         if driver is not None:
             limits = pod_limits(pod.spec, config.pod_pids_limit)
-            await asyncio.to_thread(driver.create_pod, pod.uid, self._qos, limits)
+            containers = self._all_containers()
+            self._ready_cgroups = await asyncio.to_thread(
+                create_pod_cgroups, driver, pod.uid, self._qos, limits, containers
+            )
             procs = tuple(driver.holder_procs(pod.uid, self._qos))
             sandbox = dataclasses.replace(sandbox, cgroup_procs=procs)
         return await self._ctx.runtime.run_sandbox(sandbox, pod_record(pod))
@@ -675,10 +681,12 @@ class PodWorker:
                     "has none nodelet can use"
                 )
             return []
+        ready = self._ready_cgroups.pop(start.name, None)
+        if ready is not None:
+            return ready
         limits = container_limits(container_resources(container), None)
-        await asyncio.to_thread(driver.remove_container, self.uid, self._qos, start.name)
         return await asyncio.to_thread(
-            driver.create_container, self.uid, self._qos, start.name, limits
+            fresh_container_cgroup, driver, self.uid, self._qos, start.name, limits
         )
 
     async def _prepare_volumes(self) -> None:
