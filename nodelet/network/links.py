@@ -66,7 +66,8 @@ def index_of(ipr: Any, ifname: str) -> int | None:
 
 
 def ensure_bridge(ipr: Any, name: str, address: str, prefixlen: int) -> int:
-    """The bridge, up, holding the gateway address; returns its index."""
+    """The bridge, up, holding the gateway address and no other IPv4 address (the gateway of
+    a pod CIDR the node no longer uses goes, with its route); returns its index."""
     idx = index_of(ipr, name)
     if idx is None:
         with _tolerate(errno.EEXIST):
@@ -74,6 +75,11 @@ def ensure_bridge(ipr: Any, name: str, address: str, prefixlen: int) -> int:
         idx = index_of(ipr, name)
         if idx is None:
             raise NetworkError(f"bridge {name} vanished right after it was created")
+    for old in ipr.get_addr(index=idx, family=_AF_INET):
+        held = (old.get("IFA_ADDRESS"), old["prefixlen"])
+        if held != (address, prefixlen):
+            with _tolerate(errno.EADDRNOTAVAIL):
+                ipr.addr("del", index=idx, address=held[0], prefixlen=held[1])
     _ensure_address(ipr, idx, address, prefixlen)
     ipr.link("set", index=idx, state="up")
     return idx
@@ -174,18 +180,22 @@ def ports_of(ipr: Any, bridge_idx: int) -> list[str]:
     ]
 
 
-def set_routes(ipr: Any, wanted: dict[str, str], proto: int) -> None:
-    """Make the routes tagged ``proto`` exactly ``wanted`` (dst cidr -> gateway)."""
+def set_routes(ipr: Any, wanted: dict[str, str], proto: int) -> dict[str, str]:
+    """Make the routes tagged ``proto`` exactly ``wanted`` (dst cidr -> gateway), as far as
+    the kernel lets: a route whose gateway is not reachable (no on-link route to it) is
+    skipped and the others are still set. Returns the skipped ones (dst -> why)."""
     for route in ipr.get_routes(family=_AF_INET, proto=proto):
         dst = f"{route.get('RTA_DST')}/{route['dst_len']}"
         if wanted.get(dst) != route.get("RTA_GATEWAY"):
             with _tolerate(errno.ESRCH):
                 ipr.route("del", dst=dst, proto=proto, gateway=route.get("RTA_GATEWAY"))
+    failed: dict[str, str] = {}
     for dst, gateway in wanted.items():
         try:
             ipr.route("replace", dst=dst, gateway=gateway, proto=proto)
         except NetlinkError as exc:
-            raise NetworkError(f"route {dst} via {gateway}: {exc}") from exc
+            failed[dst] = f"route {dst} via {gateway}: {os.strerror(exc.code) or exc}"
+    return failed
 
 
 def write_sysctl(path: str, value: str) -> None:

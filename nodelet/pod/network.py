@@ -39,6 +39,17 @@ def node_network(config: AgentConfig) -> PodNetwork | None:
         bridge=config.pod_bridge,
         nft_table=config.network_table,
         pod_cidr_routes=dict(config.pod_cidr_routes),
+        learn_cidr=learns_pod_cidr(config),
+    )
+
+
+def learns_pod_cidr(config: AgentConfig) -> bool:
+    """The Node's ``spec.podCIDR`` becomes the built-in network's CIDR when the operator set
+    none (kubelet's ``podCIDR`` is for standalone mode only) and there is an API server."""
+    return (
+        config.network_plugin == "builtin"
+        and not config.pod_cidr_explicit
+        and config.kubeconfig is not None
     )
 
 
