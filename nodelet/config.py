@@ -64,7 +64,32 @@ class AgentConfig:
     why their mirror pods lag by seconds)."""
     kube_api_burst: int = 100
     kubelet_port: int = 10250
-    """The port the Node advertises in ``daemonEndpoints`` (kubelet's ``--port``)."""
+    """kubelet's ``--port``: the HTTPS kubelet API listens here and the Node advertises it in
+    ``daemonEndpoints``; 0 turns the API off (nodelet's own: kubelet has no off switch)."""
+    address: str = "0.0.0.0"
+    """kubelet's ``--address``: where the kubelet API (and the read-only port) listen."""
+    read_only_port: int = 0
+    """kubelet's ``--read-only-port``: plain HTTP without auth for the read-only routes; 0 is off,
+    kubelet's default since the port publishes pod specs to anyone who can reach the node."""
+    tls_cert_file: Path | None = None
+    """The kubelet API's serving certificate; None (with no key either) writes a self-signed pair
+    once under ``<root-dir>/pki``, as kubelet does."""
+    tls_private_key_file: Path | None = None
+    tls_min_version: str = ""
+    """kubelet's ``tlsMinVersion`` (``VersionTLS12``, ``VersionTLS13``); empty is TLS 1.2."""
+    client_ca_file: Path | None = None
+    """kubelet's ``authentication.x509.clientCAFile``: certificates it signed authenticate."""
+    anonymous_auth: bool = False
+    """A request without credentials is ``system:anonymous``; off (kubelet's flag says on, its
+    config file's default says off: nodelet takes the safe one)."""
+    authentication_token_webhook: bool | None = None
+    """Bearer tokens through a ``TokenReview``; None is on with a kubeconfig, else off."""
+    authentication_token_webhook_cache_ttl: float = 120.0
+    authorization_mode: str = ""
+    """``AlwaysAllow`` or ``Webhook`` (``SubjectAccessReview``); empty is ``Webhook`` with a
+    kubeconfig and ``AlwaysAllow`` standalone (see ``effective_authorization_mode``)."""
+    authorization_webhook_cache_authorized_ttl: float = 300.0
+    authorization_webhook_cache_unauthorized_ttl: float = 30.0
     allowed_unsafe_sysctls: tuple[str, ...] = ()
     """``--allowed-unsafe-sysctls``: names or ``prefix*`` patterns allowed beyond the safe set."""
     seccomp_default: bool = False
@@ -100,6 +125,25 @@ class AgentConfig:
     """The nftables table the built-in network owns (NAT for hostPorts and egress)."""
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+
+    @property
+    def effective_authorization_mode(self) -> str:
+        """The kubelet API's authorization: as set, else Webhook when there is an API server."""
+        if self.authorization_mode:
+            return self.authorization_mode
+        return "Webhook" if self.kubeconfig is not None else "AlwaysAllow"
+
+    @property
+    def effective_token_webhook(self) -> bool:
+        """Bearer tokens are checked by the API server: as set, else when there is one."""
+        if self.authentication_token_webhook is not None:
+            return self.authentication_token_webhook
+        return self.kubeconfig is not None
+
+    @property
+    def pki_dir(self) -> Path:
+        """kubelet's ``--cert-dir`` default, ``<root-dir>/pki``: the self-signed serving pair."""
+        return self.root_dir / "pki"
 
     @property
     def network_state_dir(self) -> Path:

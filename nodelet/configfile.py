@@ -33,6 +33,9 @@ KUBELET_KIND = "KubeletConfiguration"
 NODELET_API_VERSION = "nodelet.io/v1alpha1"
 NODELET_KIND = "NodeletConfiguration"
 MANIFEST_VALIDATION_MODES = ("Strict", "Warn")
+TLS_VERSIONS = ("VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13")
+"""kubelet's ``tlsMinVersion`` names (Go's crypto/tls constants)."""
+AUTHORIZATION_MODES = ("AlwaysAllow", "Webhook")
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 LOOPBACK_HEALTHZ = ("127.0.0.1", "localhost")
 """``healthzBindAddress`` values nodelet accepts: its local API serves 127.0.0.1 only (the
@@ -442,6 +445,18 @@ def _pod_cidr(key: str, value: Any) -> str | None:
         raise ValueError(f"not a CIDR: {err}") from None
 
 
+def _read_only_port(key: str, value: Any) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a port (0-65535; 0 disables it)")
+    return int(value)
+
+
+def _tls_min_version(key: str, value: Any) -> str | None:
+    if value and value not in TLS_VERSIONS:
+        raise ValueError(f"{value!r} is not one of {', '.join(TLS_VERSIONS)}")
+    return value or None
+
+
 def _flag(key: str, value: Any) -> bool:
     return bool(value)
 
@@ -488,6 +503,13 @@ def _backoff_max(key: str, value: Any) -> float | None:
 
 Convert = Callable[[str, Any], Any]
 
+
+def _mode(value: Any) -> str | None:
+    if value and value not in AUTHORIZATION_MODES:
+        raise ValueError(f"{value!r} is not one of {', '.join(AUTHORIZATION_MODES)}")
+    return value or None
+
+
 HONOURED: dict[str, tuple[str | None, Convert]] = {
     "staticPodPath": ("pod_manifest_path", _static_pod_path),
     "podLogsDir": ("pod_logs_dir", _path),
@@ -496,6 +518,11 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "staticPodURL": ("manifest_url", _manifest_url),
     "staticPodURLHeader": ("manifest_url_headers", _url_headers),
     "port": ("kubelet_port", _port),
+    "address": ("address", _text),
+    "readOnlyPort": ("read_only_port", _read_only_port),
+    "tlsCertFile": ("tls_cert_file", _path),
+    "tlsPrivateKeyFile": ("tls_private_key_file", _path),
+    "tlsMinVersion": ("tls_min_version", _tls_min_version),
     "healthzPort": ("healthz_port", _healthz_port),
     "healthzBindAddress": (None, _healthz_bind_address),
     "cgroupRoot": ("cgroup_root", _text),
@@ -513,7 +540,28 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
 }
 """kubelet key -> (AgentConfig field, converter). A converter returns None for kubelet's
 "unset" (the field keeps nodelet's default) and raises ValueError for a value nodelet refuses.
-``crashLoopBackOff.maxContainerRestartPeriod`` is honoured too (as ``backoff_max``)."""
+``crashLoopBackOff.maxContainerRestartPeriod`` is honoured too (as ``backoff_max``), and so are
+``authentication`` and ``authorization`` (see ``NESTED``)."""
+
+NESTED: dict[tuple[str, ...], tuple[str, Convert]] = {
+    ("authentication", "anonymous", "enabled"): ("anonymous_auth", _flag),
+    ("authentication", "webhook", "enabled"): ("authentication_token_webhook", _flag),
+    ("authentication", "webhook", "cacheTTL"): (
+        "authentication_token_webhook_cache_ttl",
+        _nonnegative_seconds,
+    ),
+    ("authentication", "x509", "clientCAFile"): ("client_ca_file", _path),
+    ("authorization", "mode"): ("authorization_mode", lambda key, value: _mode(value)),
+    ("authorization", "webhook", "cacheAuthorizedTTL"): (
+        "authorization_webhook_cache_authorized_ttl",
+        _nonnegative_seconds,
+    ),
+    ("authorization", "webhook", "cacheUnauthorizedTTL"): (
+        "authorization_webhook_cache_unauthorized_ttl",
+        _nonnegative_seconds,
+    ),
+}
+"""Keys inside kubelet's ``authentication``/``authorization`` objects -> AgentConfig field."""
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -598,6 +646,9 @@ def _read_kubelet(path: Path, document: dict[str, Any], settings: FileSettings) 
         if key == "crashLoopBackOff":
             _crash_loop_back_off(path, value, settings)
             continue
+        if key in ("authentication", "authorization"):
+            _nested(path, (key,), value, settings)
+            continue
         honoured = HONOURED.get(key)
         if honoured is None:
             settings.warnings.append(
@@ -623,6 +674,26 @@ def _crash_loop_back_off(path: Path, value: dict[str, Any], settings: FileSettin
         raise ConfigFileError(
             f"{path}: crashLoopBackOff.maxContainerRestartPeriod: {err}"
         ) from None
+
+
+def _nested(
+    path: Path, where: tuple[str, ...], value: dict[str, Any], settings: FileSettings
+) -> None:
+    """The keys of ``authentication``/``authorization`` (already type-checked) into fields."""
+    for key, item in value.items():
+        if item is None:
+            continue
+        at = (*where, key)
+        if isinstance(item, dict):
+            _nested(path, at, item, settings)
+            continue
+        target, convert = NESTED[at]
+        try:
+            converted = convert(".".join(at), item)
+        except ValueError as err:
+            raise ConfigFileError(f"{path}: {'.'.join(at)}: {err}") from None
+        if converted is not None:
+            settings.values[target] = converted
 
 
 def _read_nodelet(path: Path, document: dict[str, Any], settings: FileSettings) -> None:
@@ -655,7 +726,31 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "httpCheckFrequency": format_duration(config.http_check_frequency),
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": config.healthz_port,
+            "address": config.address,
             "port": config.kubelet_port,
+            "readOnlyPort": config.read_only_port,
+            "tlsCertFile": str(config.tls_cert_file or ""),
+            "tlsPrivateKeyFile": str(config.tls_private_key_file or ""),
+            "tlsMinVersion": config.tls_min_version,
+            "authentication": {
+                "x509": {"clientCAFile": str(config.client_ca_file or "")},
+                "webhook": {
+                    **_set("enabled", config.authentication_token_webhook),
+                    "cacheTTL": format_duration(config.authentication_token_webhook_cache_ttl),
+                },
+                "anonymous": {"enabled": config.anonymous_auth},
+            },
+            "authorization": {
+                **_set("mode", config.authorization_mode or None),
+                "webhook": {
+                    "cacheAuthorizedTTL": format_duration(
+                        config.authorization_webhook_cache_authorized_ttl
+                    ),
+                    "cacheUnauthorizedTTL": format_duration(
+                        config.authorization_webhook_cache_unauthorized_ttl
+                    ),
+                },
+            },
             "cgroupRoot": config.cgroup_root,
             "podPidsLimit": -1 if config.pod_pids_limit is None else config.pod_pids_limit,
             "kubeAPIQPS": _number(config.kube_api_qps),
@@ -677,6 +772,12 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
         "manifestValidation": config.manifest_validation,
     }
     return [kubelet, nodelet]
+
+
+def _set(key: str, value: Any) -> dict[str, Any]:
+    """``{key: value}``, or nothing for a setting left to follow ``--kubeconfig`` (printed
+    settings must read back as the same config)."""
+    return {} if value is None else {key: value}
 
 
 def _header_map(headers: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:

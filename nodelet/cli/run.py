@@ -13,7 +13,9 @@ from typing import Any
 
 from nodelet.config import AgentConfig
 from nodelet.configfile import (
+    AUTHORIZATION_MODES,
     MANIFEST_VALIDATION_MODES,
+    TLS_VERSIONS,
     format_duration,
     go_duration,
     manifest_url_problem,
@@ -235,11 +237,75 @@ def add_run_arguments(sub: Any) -> None:
         type=int,
         help=f"request burst to the API server (default: {AgentConfig.kube_api_burst})",
     )
-    api.add_argument(
+    server = run.add_argument_group("kubelet API (HTTPS; kubelet's flags)")
+    server.add_argument(
         "--port",
-        type=int,
-        help="kubelet API port advertised in the Node's daemonEndpoints "
+        type=port,
+        help="kubelet API port, advertised in the Node's daemonEndpoints; 0 turns it off "
         f"(default: {AgentConfig.kubelet_port})",
+    )
+    server.add_argument(
+        "--address",
+        help=f"address the kubelet API listens on (default: {AgentConfig.address})",
+    )
+    server.add_argument(
+        "--read-only-port",
+        type=port,
+        help="plain-HTTP port without auth for /healthz, /pods, /stats, /metrics; 0 is off "
+        "(default: 0)",
+    )
+    server.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serving certificate (default: a self-signed one written once under <root-dir>/pki)",
+    )
+    server.add_argument("--tls-private-key-file", type=Path, help="key of --tls-cert-file")
+    server.add_argument(
+        "--tls-min-version",
+        choices=TLS_VERSIONS,
+        help="lowest TLS version accepted (default: VersionTLS12)",
+    )
+    server.add_argument(
+        "--client-ca-file",
+        type=Path,
+        help="client certificates signed by this CA authenticate (CN user, O groups)",
+    )
+    server.add_argument(
+        "--anonymous-auth",
+        type=boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="requests without credentials run as system:anonymous (default: false)",
+    )
+    server.add_argument(
+        "--authentication-token-webhook",
+        type=boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="check bearer tokens with a TokenReview (default: true with --kubeconfig)",
+    )
+    server.add_argument(
+        "--authentication-token-webhook-cache-ttl",
+        type=duration,
+        help="how long TokenReview answers are kept (default: 2m0s)",
+    )
+    server.add_argument(
+        "--authorization-mode",
+        choices=AUTHORIZATION_MODES,
+        help="Webhook asks the API server with a SubjectAccessReview (default: Webhook with "
+        "--kubeconfig, else AlwaysAllow)",
+    )
+    server.add_argument(
+        "--authorization-webhook-cache-authorized-ttl",
+        type=duration,
+        help="how long an allowing SubjectAccessReview answer is kept (default: 5m0s)",
+    )
+    server.add_argument(
+        "--authorization-webhook-cache-unauthorized-ttl",
+        type=duration,
+        help="how long a denying SubjectAccessReview answer is kept (default: 30s)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -252,6 +318,16 @@ def boolean(text: str) -> bool:
     if value in ("0", "f", "false"):
         return False
     raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (true or false)")
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
+    return value
 
 
 def node_labels(text: str) -> tuple[tuple[str, str], ...]:
@@ -335,6 +411,15 @@ _FLAG_FIELDS = {
     "kube_api_qps": "kube_api_qps",
     "kube_api_burst": "kube_api_burst",
     "port": "kubelet_port",
+    "address": "address",
+    "read_only_port": "read_only_port",
+    "tls_min_version": "tls_min_version",
+    "anonymous_auth": "anonymous_auth",
+    "authentication_token_webhook": "authentication_token_webhook",
+    "authentication_token_webhook_cache_ttl": "authentication_token_webhook_cache_ttl",
+    "authorization_mode": "authorization_mode",
+    "authorization_webhook_cache_authorized_ttl": "authorization_webhook_cache_authorized_ttl",
+    "authorization_webhook_cache_unauthorized_ttl": "authorization_webhook_cache_unauthorized_ttl",
     "allowed_unsafe_sysctls": "allowed_unsafe_sysctls",
     "seccomp_default": "seccomp_default",
     "manifest_url": "manifest_url",
@@ -354,6 +439,9 @@ _FLAG_PATHS = {
     "run_dir": "run_dir",
     "pod_logs_dir": "pod_logs_dir",
     "kubeconfig": "kubeconfig",
+    "tls_cert_file": "tls_cert_file",
+    "tls_private_key_file": "tls_private_key_file",
+    "client_ca_file": "client_ca_file",
 }
 
 
