@@ -273,6 +273,27 @@ class ApiServer:
             )
         return self._node_kubeconfigs[node_name]
 
+    def node_serving_cert(self, node_name: str) -> tuple[Path, Path]:
+        """A serving cert (and key) for node `node_name`'s kubelet API, signed by the CA the API
+        server checks kubelets against (`--kubelet-certificate-authority`); SANs 127.0.0.1 and
+        the node name."""
+        return self.pki.issue(
+            f"serving-{node_name}", node_name, server_names=("127.0.0.1", node_name)
+        )
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig with a client cert for `user` in `groups` (`CN`, `O`), nothing more: what
+        RBAC allows it is up to the test."""
+        cert, key = self.pki.issue(f"user-{user}", user, groups)
+        return write_kubeconfig(
+            self.pki.directory / f"user-{user}.kubeconfig",
+            self.server,
+            self.ca_path,
+            cert,
+            key,
+            user,
+        )
+
     def kubectl(
         self, *args: str, kubeconfig: Path | None = None, check: bool = True, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
@@ -396,8 +417,9 @@ def _apiserver_argv(
         f"--kubelet-client-certificate={kubelet_client[0]}",
         f"--kubelet-client-key={kubelet_client[1]}",
         f"--kubelet-certificate-authority={pki.ca_path}",
-        # A node agent on loopback reports a Hostname address that resolves to 127.0.0.1 first.
-        "--kubelet-preferred-address-types=Hostname,InternalIP",
+        # A node agent reports `--node-ip 127.0.0.1` as its InternalIP, and its serving cert
+        # (`node_serving_cert`) names that IP; the Hostname address is the machine's name.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--allow-privileged=true",  # as kubeadm: mirrors of privileged static pods are accepted
         "--profiling=false",
     ]
