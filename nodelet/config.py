@@ -94,6 +94,9 @@ class AgentConfig:
     """``--allowed-unsafe-sysctls``: names or ``prefix*`` patterns allowed beyond the safe set."""
     seccomp_default: bool = False
     """``--seccomp-default``: containers without a seccomp profile get ``RuntimeDefault``."""
+    user_namespaces_range: tuple[int, int] = (65536, 65536 * 110)
+    """``--user-namespaces-range=FIRST:COUNT``: host ids given to pods with ``hostUsers:
+    false``, 65536 per pod (kubelet's default: from 65536, for 110 pods)."""
     manifest_validation: str = "Strict"
     """``Strict`` refuses a manifest with unknown fields; ``Warn`` drops them and runs it, as
     kubelet's lenient decoding does, showing each dropped field as a warning."""

@@ -20,6 +20,7 @@ from nodelet.configfile import (
     go_duration,
     manifest_url_problem,
 )
+from nodelet.security import userns
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,13 @@ def add_run_arguments(sub: Any) -> None:
         const=True,
         metavar="BOOL",
         help="RuntimeDefault seccomp for containers that name no profile (default: false)",
+    )
+    run.add_argument(
+        "--user-namespaces-range",
+        type=user_namespaces_range,
+        metavar="FIRST:COUNT",
+        help="host ids for pods with hostUsers: false, 65536 per pod; FIRST a multiple of "
+        "65536, at least 65536 (default: 65536:7208960, 110 pods)",
     )
     net = run.add_argument_group("pod network")
     net.add_argument(
@@ -363,6 +371,13 @@ def log_max_files(text: str) -> int:
     return count
 
 
+def user_namespaces_range(text: str) -> tuple[int, int]:
+    try:
+        return userns.parse_range(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -422,6 +437,7 @@ _FLAG_FIELDS = {
     "authorization_webhook_cache_unauthorized_ttl": "authorization_webhook_cache_unauthorized_ttl",
     "allowed_unsafe_sysctls": "allowed_unsafe_sysctls",
     "seccomp_default": "seccomp_default",
+    "user_namespaces_range": "user_namespaces_range",
     "manifest_url": "manifest_url",
     "manifest_validation": "manifest_validation",
     "container_log_max_size": "container_log_max_size",
