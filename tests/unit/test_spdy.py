@@ -76,7 +76,7 @@ def test_hand_made_syn_stream_decodes_across_one_zlib_stream() -> None:
 
 def test_header_blocks_need_spdys_dictionary() -> None:
     block = Deflater()(hand_block([(b"streamtype", b"error")]))
-    with pytest.raises(zlib.error, match="dictionary"):
+    with pytest.raises(zlib.error, match="Error 2"):  # Z_NEED_DICT
         zlib.decompressobj().decompress(block)  # FDICT: primed with the dictionary
     other = zlib.compressobj(9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, b"x" * 64)
     bad = other.compress(hand_block([(b"a", b"b")])) + other.flush(zlib.Z_SYNC_FLUSH)
