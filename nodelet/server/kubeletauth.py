@@ -367,9 +367,11 @@ class KubeletAuth:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (settings.client_ca_file or settings.webhook_authentication or settings.anonymous):
-            raise ValueError(
-                "No authentication method configured: set --client-ca-file, "
-                "--authentication-token-webhook or --anonymous-auth"
+            # kubelet refuses to start here; nodelet's API is on by default and anonymous auth
+            # off, so a standalone node would never start: it serves, and refuses everyone.
+            log.warning(
+                "kubelet API: no authentication method configured (--client-ca-file, "
+                "--authentication-token-webhook or --anonymous-auth): every request gets 401"
             )
         self.settings = settings
         self.node_name = node_name

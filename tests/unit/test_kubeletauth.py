@@ -412,9 +412,17 @@ async def test_always_allow_sends_no_review(make_client: Any, api: FakeApi) -> N
     assert api.posts == []
 
 
-def test_no_authentication_method_is_refused(api: FakeApi) -> None:
-    with pytest.raises(ValueError, match="No authentication method configured"):
-        auth_middleware(settings(webhook_authentication=False), NODE, lambda: None, post=api.post)
+async def test_no_authentication_method_refuses_everyone(
+    make_client: Any, api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(webhook_authentication=False, authorization_mode="AlwaysAllow")
+    assert "no authentication method configured" in caplog.text
+    response = await client.get("/healthz", headers={"Authorization": "Bearer t"})
+    assert (response.status, await response.text()) == (401, "Unauthorized")
+    assert api.posts == []
+
+
+def test_unknown_authorization_mode_is_refused(api: FakeApi) -> None:
     with pytest.raises(ValueError, match="only AlwaysAllow and Webhook"):
         auth_middleware(settings(authorization_mode="RBAC"), NODE, lambda: None, post=api.post)
 
