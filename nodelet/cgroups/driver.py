@@ -87,6 +87,11 @@ class CgroupDriver(Protocol):
         """The files that put the pod's holder and exec probes in the pod's cgroups (as above)."""
         ...
 
+    def container_procs(self, pod_uid: str, qos: str, name: str) -> list[str]:
+        """The join files of a container's existing cgroup (an exec into a container that was
+        started before the agent restarted)."""
+        ...
+
     def oom_killed(self, pod_uid: str, qos: str, name: str) -> bool:
         """Whether the kernel OOM-killed a process of this container's cgroup."""
         ...

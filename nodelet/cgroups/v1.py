@@ -92,6 +92,10 @@ class V1Driver(BaseDriver):
         for mount in self.mounts:
             fresh = bool(ensure_dirs(mount, parts)) and fresh
         self._apply(parts, limits, fresh)
+        return self.container_procs(pod_uid, qos, name)
+
+    def container_procs(self, pod_uid: str, qos: str, name: str) -> list[str]:
+        parts = self.container_parts(pod_uid, qos, name)
         return [str(mount.joinpath(*parts, JOIN_FILE)) for mount in self.mounts]
 
     def holder_procs(self, pod_uid: str, qos: str) -> list[str]:

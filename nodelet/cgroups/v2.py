@@ -94,7 +94,10 @@ class V2Driver(BaseDriver):
         parts = self.container_parts(pod_uid, qos, name)
         ensure_dirs(self.mount, parts)
         self._apply(self.mount.joinpath(*parts), limits, container=True)
-        return [str(self.mount.joinpath(*parts, "cgroup.procs"))]
+        return self.container_procs(pod_uid, qos, name)
+
+    def container_procs(self, pod_uid: str, qos: str, name: str) -> list[str]:
+        return [str(self.mount.joinpath(*self.container_parts(pod_uid, qos, name), "cgroup.procs"))]
 
     def holder_procs(self, pod_uid: str, qos: str) -> list[str]:
         return [str(self.mount.joinpath(*self.pod_parts(pod_uid, qos), HOLDER, "cgroup.procs"))]

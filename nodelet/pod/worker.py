@@ -276,6 +276,8 @@ class PodWorker:
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self._configs: dict[str, ContainerConfig] = {}
         self._ready_cgroups: dict[str, list[str]] = {}
+        self._unadoptable: set[tuple[str, int]] = set()
+        """(container, attempt) whose config could not be rebuilt after adoption (logged once)."""
         """Container cgroups made with the pod's, each for its container's next run only."""
         """The last config each container was started with (its user for exec probes)."""
         self._terminal_failure: tuple[str, str] | None = None
@@ -405,6 +407,7 @@ class PodWorker:
             actions = self._actions(sandbox)
             if actions.start:
                 self.poke()  # something already finished (a quick init container): go on now
+        await self._adopt_configs(sandbox)
         if await self._sync_probes(sandbox):
             sandbox = await self._pod_status()
             actions = self._actions(sandbox)
@@ -438,6 +441,36 @@ class PodWorker:
             await self._ctx.runtime.stop_container(self.uid, name, grace)
             killed = True
         return killed
+
+    async def _adopt_configs(self, sandbox: SandboxStatus | None) -> None:
+        """Running containers this worker did not start (adopted after an agent restart) get
+        the config their start was prepared with, rebuilt from the same spec and attempt: exec
+        probes and ``nodelet exec`` then enter them with the container's own user,
+        capabilities, seccomp filter and cgroup, as runc exec does, never the agent's."""
+        if sandbox is None or not sandbox.ready:
+            return
+        for record in sandbox.containers:
+            known = self._configs.get(record.name)
+            if not record.running or (known is not None and known.attempt >= record.attempt):
+                continue
+            container = next((c for c in self._all_containers() if c["name"] == record.name), None)
+            if container is None or (record.name, record.attempt) in self._unadoptable:
+                continue
+            try:
+                await self._prepare_volumes()
+                config = await asyncio.to_thread(
+                    build_container_config, self._pod_context(sandbox), container, record.attempt
+                )
+            except (ContainerConfigError, VolumeError, QuantityError, OSError) as err:
+                self._unadoptable.add((record.name, record.attempt))
+                log.warning("cannot rebuild the config of adopted container %s container=%s: %s",
+                            describe(self.pod), record.name, err)  # fmt: skip
+                continue
+            driver = self._ctx.cgroups
+            procs = driver.container_procs(self.uid, self._qos, record.name) if driver else []
+            self._configs[record.name] = dataclasses.replace(
+                config, cgroup_procs=procs, log_max_bytes=self._ctx.config.container_log_max_size
+            )
 
     def started_config(self, name: str) -> ContainerConfig | None:
         """The config the container's latest start was prepared with (``nodelet exec``)."""

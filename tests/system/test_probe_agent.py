@@ -5,8 +5,10 @@ hung exec probe is killed at its timeout, and a netns pod's 127.0.0.1 is the pod
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +216,38 @@ def test_a_grpc_probe_asks_the_standard_health_service(agent: Agent, tmp_path: P
     wait_for(lambda: agent.running("nope"), 20, "the other etcd running")
     time.sleep(3)  # three periods: an unknown service never answers SERVING
     assert ready(agent, "nope") is False
+
+
+# Exit 0 only for a process with the container's identity: uid 1000 and no capabilities at all.
+CONFINED = (
+    "grep -q '^Uid:\\s*1000\\s' /proc/self/status && grep -q '^CapEff:\\s*0*$' /proc/self/status"
+)
+
+
+def test_an_exec_probe_keeps_the_containers_identity_after_an_agent_restart(
+    agents: Callable[[], Agent],
+) -> None:
+    """An exec probe enters the container as runc exec does, with its user and capabilities;
+    a container adopted by a restarted agent must get the same, not the agent's root."""
+    container = {
+        "name": "web",
+        "image": "host",
+        "command": ["python3", "-c", SLEEP],
+        "securityContext": {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}},
+        "readinessProbe": {"exec": {"command": ["sh", "-c", CONFINED]}, "periodSeconds": 1,
+                           "failureThreshold": 1},
+    }  # fmt: skip
+    agent = agents()
+    agent.start()
+    agent.write_manifest("confined.json", pod("confined", container))
+    wait_for(lambda: ready(agent, "confined"), 20, "ready under the first agent")
+    agent.signal(signal.SIGKILL)
+    restarted = agents()
+    restarted.start()
+    # Readiness starts False after a restart; the restarted agent's probes must pass to turn
+    # it True and keep it so. Run with the agent's identity they fail (failureThreshold 1).
+    wait_for(lambda: ready(restarted, "confined"), 10, "ready under the restarted agent")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert ready(restarted, "confined") is True, "a probe of the adopted container failed"
+        time.sleep(0.1)
