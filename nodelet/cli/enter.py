@@ -3,15 +3,16 @@ namespaces, cgroups, root, working dir, user, capabilities, no_new_privs and sec
 
 Everything is read from ``/proc/<pid>`` but what the kernel does not show (the seccomp program,
 the container's prepared env): the caller passes those. The order is runc's ``setns`` init:
-cgroups first (their paths are the host's), then the namespaces with the mount namespace last,
-root and working dir, then the identity and capability steps of the holder's spawn (bounding
-set, kept caps across the user switch, capset, ambient, no_new_privs, seccomp). A PID namespace
-applies to children only, so the caller joins it and forks, and the child does the rest.
-"""
+cgroups first (their paths are the host's), then the namespaces with the mount namespace and
+then a pod's user namespace last, root and working dir, then the identity and capability steps
+of the holder's spawn (bounding set, kept caps across the user switch, capset, ambient,
+no_new_privs, seccomp). A PID namespace applies to children only, so the caller joins it and
+forks, and the child does the rest."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -23,14 +24,17 @@ from nodelet.holder import capabilities, linux, seccomp
 
 CLONE_NEWUSER = 0x10000000
 NAMESPACES = {
-    "user": CLONE_NEWUSER,
     "ipc": linux.CLONE_NEWIPC,
     "uts": linux.CLONE_NEWUTS,
     "net": linux.CLONE_NEWNET,
     "pid": linux.CLONE_NEWPID,
     "mnt": linux.CLONE_NEWNS,
+    "user": CLONE_NEWUSER,
 }
-"""Joined in this order (runc's): the mount namespace last, since it changes what paths mean."""
+"""Joined in this order: runc's, the mount namespace after the others since it changes what
+paths mean, but a pod's user namespace (``hostUsers: false``) last: runc joins it first because
+there it owns every other namespace, while a nodelet container's mount and PID namespaces are
+the host root's (``nodelet.holder.userns``) and can only be joined with the host's rights."""
 CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 EXIT_SETUP_FAILED = 126
 EXIT_NOT_FOUND = 127
@@ -73,6 +77,9 @@ class Plan:
     seccomp_program: bytes | None = None
     stdin: bool = True
     fds: dict[str, int] = field(default_factory=dict)
+    id_maps: tuple[list[list[int]], list[list[int]]] | None = None
+    """The target's ``uid_map`` and ``gid_map`` when it is in another user namespace: its ids
+    as ``/proc`` shows them (the host's) are switched to through them."""
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -173,9 +180,35 @@ def open_target(plan: Plan) -> None:
         mine = os.stat(f"/proc/self/ns/{kind}")
         if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
             plan.fds[kind] = os.open(f"/proc/{plan.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    if "user" in plan.fds:
+        plan.id_maps = (_id_map(plan.pid, "uid_map"), _id_map(plan.pid, "gid_map"))
     if plan.root:
         for name in ("root", "cwd"):
             plan.fds[name] = os.open(f"/proc/{plan.pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _id_map(pid: int, name: str) -> list[list[int]]:
+    with open(f"/proc/{pid}/{name}", encoding="ascii") as table:
+        return [[int(n) for n in line.split()] for line in table if line.strip()]
+
+
+def _inside(mappings: list[list[int]], host: int) -> int:
+    """The id a user namespace's map gives host id ``host``; EnterError when unmapped."""
+    for first, outside, length in mappings:
+        if outside <= host < outside + length:
+            return first + host - outside
+    raise EnterError(f"id {host} is not mapped in the process's user namespace")
+
+
+def inside_identity(identity: Identity, maps: tuple[list[list[int]], list[list[int]]]) -> Identity:
+    """``identity`` (host ids, as /proc shows them) in the ids of the target's user namespace."""
+    uids, gids = maps
+    return dataclasses.replace(
+        identity,
+        uid=_inside(uids, identity.uid),
+        gid=_inside(gids, identity.gid),
+        groups=tuple(_inside(gids, g) for g in identity.groups),
+    )
 
 
 def run(plan: Plan) -> int:
@@ -237,7 +270,10 @@ def _child(plan: Plan) -> NoReturn:
         if plan.root:
             _step("taking its root", _root_and_dir, plan)
         if plan.identity is not None:
-            _become(plan.identity, plan.seccomp_program)
+            identity = plan.identity
+            if plan.id_maps is not None:
+                identity = inside_identity(identity, plan.id_maps)
+            _become(identity, plan.seccomp_program)
     except EnterError as err:
         _die(str(err), EXIT_SETUP_FAILED)
     try:

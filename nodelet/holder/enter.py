@@ -1,13 +1,13 @@
 """Run a command inside a running container, as ``runc exec`` does: exec probes, exec hooks.
 
 The command gets everything the container's own process got from its spec, not the caller's
-privileges: the container's cgroups, its namespaces (cgroup, IPC, UTS, network, PID, mount:
-mount last, each checked against the target's ``/proc/<pid>/ns`` link after ``setns``), then,
-in a forked child (a PID namespace applies to children only), the same steps ``spawn`` takes
-between fork and exec (``spawn.apply_process_security``: seccomp, bounding set, user and
-groups, working directory, capability sets, no_new_privs), and exec. As with ``runc exec``,
-the root is the mount namespace's own and the working directory is the container's configured
-one (``/`` when it has none), not the target process's current one.
+privileges: the container's cgroups, its namespaces (cgroup, IPC, UTS, network, PID, mount, then
+the pod's user namespace when it has one, each checked against the target's ``/proc/<pid>/ns``
+link after ``setns``), then, in a forked child (a PID namespace applies to children only), the
+same steps ``spawn`` takes between fork and exec (``spawn.apply_process_security``: seccomp,
+bounding set, user and groups, working directory, capability sets, no_new_privs), and exec. As
+with ``runc exec``, the root is the mount namespace's own and the working directory is the
+container's configured one (``/`` when it has none), not the target process's current one.
 
 The target is named by its pid and its kernel start time: a pid number that was reused is
 refused, and once checked the target is held by a pidfd and a ``/proc/<pid>`` directory fd,
@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypedDict
 
-from nodelet.holder import linux, protocol, spawn
+from nodelet.holder import linux, protocol, spawn, userns
 
 CLONE_NEWCGROUP = 0x02000000
 NAMESPACES = (
@@ -44,8 +44,13 @@ NAMESPACES = (
     ("net", linux.CLONE_NEWNET),
     ("pid", linux.CLONE_NEWPID),
     ("mnt", linux.CLONE_NEWNS),
+    ("user", userns.CLONE_NEWUSER),
 )
-"""runc's join order, the mount namespace last (after it the host's /proc is out of sight)."""
+"""runc's join order, but the user namespace (a ``hostUsers: false`` pod's) last: runc joins it
+first because there it owns every other namespace; here the container's mount and PID
+namespaces are made by the holder as the host's root (see ``nodelet.holder.userns``), so they
+are joined with the host's root's rights, and the user namespace after them. Its fd is opened
+with the others, before the mount namespace hides the host's /proc."""
 EXIT_SETUP_FAILED = 126
 EXIT_EXEC_FAILED = 127
 FORWARDED = (

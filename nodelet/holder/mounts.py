@@ -59,6 +59,7 @@ _AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_IDMAP = 0x00100000
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 
@@ -118,9 +119,16 @@ def move_mount(tree: int, target: str) -> None:
 
 
 def mount_setattr(
-    dirfd: int, path: str, flags: int, *, set_: int = 0, clear: int = 0, propagation: int = 0
+    dirfd: int,
+    path: str,
+    flags: int,
+    *,
+    set_: int = 0,
+    clear: int = 0,
+    propagation: int = 0,
+    userns_fd: int = 0,
 ) -> None:
-    attr = _MountAttr(set_, clear, propagation, 0)
+    attr = _MountAttr(set_, clear, propagation, userns_fd)
     args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags), ctypes.byref(attr))
     _syscall(_SYS_MOUNT_SETATTR, path, *args, ctypes.c_size_t(ctypes.sizeof(attr)))
 
@@ -131,8 +139,9 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     return _syscall(_SYS_OPENAT2, path, *args, ctypes.c_size_t(ctypes.sizeof(how)))
 
 
-def apply(spec: protocol.ContainerSpec) -> None:
-    """Give the calling process the container's mount namespace (see the module docstring)."""
+def apply(spec: protocol.ContainerSpec, userns_fd: int | None = None) -> None:
+    """Give the calling process the container's mount namespace (see the module docstring).
+    With ``userns_fd`` (the pod's user namespace) every volume is idmapped with it."""
     mounts = spec["mounts"]
     privileged = bool(spec.get("privileged"))
     read_only_root = bool(spec.get("read_only_root"))
@@ -143,7 +152,7 @@ def apply(spec: protocol.ContainerSpec) -> None:
     trees: list[int] = []
     try:
         for mount in mounts:
-            trees.append(_clone_volume(mount))
+            trees.append(_clone_volume(mount, userns_fd))
         _step("cannot create the container's mount namespace", _private_namespace)
         if not privileged:
             _step("cannot make /sys read-only", _read_only, "/sys")
@@ -237,8 +246,9 @@ def _mask_one(path: str, null: int) -> None:
         os.close(tree)
 
 
-def _clone_volume(mount: protocol.MountSpec) -> int:
-    """A detached copy of the volume (its sub_path), with its final flags and propagation."""
+def _clone_volume(mount: protocol.MountSpec, userns_fd: int | None = None) -> int:
+    """A detached copy of the volume (its sub_path), with its final flags and propagation,
+    idmapped with ``userns_fd`` when given."""
     target, source = mount["target"], mount["source"]
     if not os.path.exists(target):
         raise MountError(
@@ -268,7 +278,24 @@ def _clone_volume(mount: protocol.MountSpec) -> int:
     except OSError as err:
         os.close(tree)
         raise MountError(f"cannot set up the volume at {target}: {err.strerror}") from None
+    if userns_fd is not None:
+        _idmap(tree, source, target, userns_fd)
     return tree
+
+
+def _idmap(tree: int, source: str, target: str, userns_fd: int) -> None:
+    """KEP-127's idmap mount: the volume's mount gets the pod's own mapping, so a file the host
+    sees as uid X is uid X inside too, and what container uid X writes is uid X on disk. Only
+    the volume's own mount, as runc's ``idmap`` option (not ``ridmap``). A filesystem that
+    cannot be idmapped fails the start, as the KEP asks, instead of showing unmapped ids."""
+    try:
+        mount_setattr(tree, "", _AT_EMPTY_PATH, set_=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+    except OSError as err:
+        os.close(tree)
+        raise MountError(
+            f"cannot idmap the volume {source} at {target} for the pod's user namespace: "
+            f"{err.strerror} (the filesystem may not support idmapped mounts)"
+        ) from None
 
 
 def _open_source(mount: protocol.MountSpec) -> int:

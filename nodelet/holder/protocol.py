@@ -11,10 +11,12 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
-VERSION = 3
+VERSION = 4
 """2: journal records carry a CRC32 and start on a fresh line; hello carries pending exits.
 3: spawn applies capabilities, seccomp, masked and read-only paths, a read-only root, subPath and
-mount propagation (``SECURITY_KEYS``); sandboxes get sysctls."""
+mount propagation (``SECURITY_KEYS``); sandboxes get sysctls.
+4: sandboxes may own a user namespace and spawn joins it, with idmapped volumes
+(``user_namespace``)."""
 SOCKET_NAME = "holder.sock"
 JOURNAL_NAME = "journal.jsonl"
 POD_RECORD_NAME = "pod.json"
@@ -40,6 +42,13 @@ class MountSpec(TypedDict):
     """Relative, resolved beneath ``source`` in the child (no symlink may lead out of it)."""
     propagation: NotRequired[str]
     """``rslave`` or ``rshared``; absent is ``private``."""
+
+
+class UserNamespaceSpec(TypedDict):
+    """A pod's user namespace: ``[inside, outside, length]`` lines of ``uid_map``/``gid_map``."""
+
+    uid_map: list[list[int]]
+    gid_map: list[list[int]]
 
 
 class CapabilitySpec(TypedDict):
@@ -100,6 +109,9 @@ class ContainerSpec(TypedDict):
     log_max_bytes: NotRequired[int]
     """Rotate the log file before it would grow past this many bytes (kubelet's
     ``containerLogMaxSize``); absent: never rotated. An older holder ignores it."""
+    user_namespace: NotRequired[UserNamespaceSpec]
+    """Join the pod's user namespace (it must have these maps) before the identity switch, and
+    idmap every volume with it. Only for a version-4 holder (``required_version``)."""
 
 
 SECURITY_KEYS = ("capabilities", "seccomp_bpf", "read_only_root", "masked_paths", "readonly_paths")
@@ -112,6 +124,14 @@ def needs_version_3(spec: ContainerSpec) -> bool:
     return any(key in spec for key in SECURITY_KEYS) or any(
         key in mount for mount in spec["mounts"] for key in SECURITY_MOUNT_KEYS
     )
+
+
+def required_version(spec: ContainerSpec) -> int:
+    """The oldest holder version that applies all of ``spec``: an older one would ignore a
+    field and run the container with more privilege than asked, so it is never sent there."""
+    if "user_namespace" in spec:
+        return 4
+    return 3 if needs_version_3(spec) else 1
 
 
 class SandboxRequest(TypedDict):
@@ -129,6 +149,8 @@ class SandboxRequest(TypedDict):
     """The pod-level cgroups the holder joins (and everything it forks but containers)."""
     sysctls: NotRequired[list[list[str]]]
     """[name, value] pairs set inside the new namespaces before the holder serves."""
+    user_namespace: NotRequired[UserNamespaceSpec]
+    """Made first; the new net, IPC and UTS namespaces are owned by it (``hostUsers: false``)."""
 
 
 class StartEntry(TypedDict):

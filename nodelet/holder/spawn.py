@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable
 from typing import NoReturn, NotRequired, TypedDict
 
-from nodelet.holder import capabilities, linux, mounts, protocol, seccomp
+from nodelet.holder import capabilities, linux, mounts, protocol, seccomp, userns
 
 
 class SetupError(Exception):
@@ -121,6 +121,31 @@ def _user_and_capabilities(spec: ProcessSecurity, working_dir: Callable[[], None
             raise SetupError(f"cannot apply the capability sets: {err}") from None
 
 
+def _pod_userns() -> int:
+    try:
+        return userns.open_pod_userns()
+    except userns.UsernsError as err:
+        raise SetupError(str(err)) from None
+
+
+def host_id(mappings: list[list[int]], inside: int) -> int:
+    """The host id a map gives ``inside``; -1 (left as it is) when it maps none."""
+    for first, outside, length in mappings:
+        if first <= inside < first + length:
+            return outside + inside - first
+    return -1
+
+
+def _join_userns(spec: protocol.ContainerSpec, maps: protocol.UserNamespaceSpec, fd: int) -> None:
+    """Into the pod's user namespace after the mounts (made by the host's root: idmapped
+    volumes need it) and before the user switch and capabilities, which then apply inside."""
+    user = spec["run_as_user"] or 0
+    try:
+        userns.join(fd, maps, lambda: _stdio_owner(host_id(maps["uid_map"], user)))
+    except userns.UsernsError as err:
+        raise SetupError(str(err)) from None
+
+
 def _install_seccomp(program: bytes) -> None:
     try:
         seccomp.install(program)
@@ -173,10 +198,14 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
             linux.join_cgroups(spec.get("cgroup_procs") or [])
         except OSError as err:
             raise SetupError(f"cannot join the container's cgroup: {err}") from None
+        user_namespace = spec.get("user_namespace")
+        userns_fd = _pod_userns() if user_namespace is not None else None
         try:
-            mounts.apply(spec)
+            mounts.apply(spec, userns_fd)
         except mounts.MountError as err:
             raise SetupError(str(err)) from None
+        if user_namespace is not None and userns_fd is not None:
+            _join_userns(spec, user_namespace, userns_fd)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
         working_dir = spec["working_dir"]

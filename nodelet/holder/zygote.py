@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from nodelet.holder import holder, linux, protocol
+from nodelet.holder import holder, linux, protocol, userns
 
 
 def _namespace_flags(request: protocol.SandboxRequest) -> int:
@@ -40,7 +40,15 @@ def _become_holder(request: protocol.SandboxRequest, report_w: int, channel: soc
     channel.close()
     os.setsid()
     linux.join_cgroups(request.get("cgroup_procs") or [])
-    linux.unshare(_namespace_flags(request))
+    flags = _namespace_flags(request)
+    user_namespace = request.get("user_namespace")
+    if user_namespace is not None:
+        owned = flags & (linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
+        if owned != linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS:
+            raise userns.UsernsError("a pod user namespace needs its own net, IPC and UTS")
+        userns.enter_owned_namespaces(user_namespace, owned)
+        flags &= ~owned
+    linux.unshare(flags)
     pid = os.fork()
     if pid == 0:
         os.close(report_w)
@@ -106,6 +114,6 @@ def main(fd: int, agent_pid: int | None = None) -> None:
     for line in stream:
         try:
             answer = _create(json.loads(line), channel)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, userns.UsernsError) as err:
             answer = {"error": str(err)}
         channel.sendall(protocol.encode(answer))

@@ -104,7 +104,7 @@ _POD: dict[str, Policy] = {
     "spec.shareProcessNamespace": OK, "spec.hostname": OK, "spec.subdomain": OK,
     "spec.nodeName": OK, "spec.dnsPolicy": OK, "spec.enableServiceLinks": OK,
     "spec.automountServiceAccountToken": OK, "spec.readinessGates": OK, "spec.os": OK,
-    "spec.hostUsers": NO,  # false asks for a user namespace; true (the default) counts as unset
+    "spec.hostUsers": OK,  # false: a user namespace of the pod's own (nodelet.security.userns)
     "spec.securityContext": S, "spec.securityContext.runAsUser": OK,
     "spec.securityContext.runAsGroup": OK, "spec.securityContext.runAsNonRoot": OK,
     "spec.securityContext.supplementalGroups": OK, "spec.securityContext.fsGroup": OK,

@@ -232,6 +232,8 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     for key in ("hostname", "subdomain"):
         if spec.get(key) is not None and (why := dns_label(spec[key])):
             error(f"spec.{key}", why)
+    if not host_users:
+        _host_users(spec, error)
     if spec.get("hostPID") is True and spec.get("shareProcessNamespace") is True:
         error(
             "spec.shareProcessNamespace", "ShareProcessNamespace and HostPID cannot both be enabled"
@@ -247,6 +249,15 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
         number = _int(group)
         if number is not None and not 0 <= number <= MAX_ID:
             error(f"spec.securityContext.supplementalGroups[{index}]", "must be 0..2147483647")
+
+
+def _host_users(spec: dict[str, Any], error: ErrorSink) -> None:
+    """The API server's ``validateHostUsers``: no host namespace next to a user namespace
+    (its field names and text, ``HostPID``/``HostIPC`` capitalised as it writes them)."""
+    for key, shown in (("hostNetwork", "hostNetwork"), ("hostPID", "HostPID"),
+                       ("hostIPC", "HostIPC")):  # fmt: skip
+        if spec.get(key) is True:
+            error(f"spec.{shown}", "Forbidden: when `pod.Spec.HostUsers` is false")
 
 
 def _ids(context: dict[str, Any], path: str, error: ErrorSink) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
 from nodelet.pod.hooks import HookError, handler_spec, stop_signal
-from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
+from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig, UserNamespace
 from nodelet.security import paths, seccomp
 from nodelet.security.capabilities import CapabilityError, name_of
 from nodelet.security.context import container_security
 from nodelet.security.identity import IdentityError
 from nodelet.security.sysctls import sandbox_sysctls
+from nodelet.security.userns import wants_user_namespace
 from nodelet.util import safepath
 
 HOST_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -62,6 +63,8 @@ class PodContext:
     security: NodeSecurity = NodeSecurity()
     hosts_file: str | None = None
     """The pod's managed ``/etc/hosts`` (with its IP), mounted into every container."""
+    user_namespace: UserNamespace | None = None
+    """The pod's user namespace (``hostUsers: false``), as allocated for its sandbox."""
 
 
 def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
@@ -73,8 +76,11 @@ def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
     return name[:HOSTNAME_MAX].rstrip("-.")
 
 
-def sandbox_config(pod: StaticPod, node_hostname: str) -> SandboxConfig:
-    """What the holder needs to create the pod's namespaces (pure)."""
+def sandbox_config(
+    pod: StaticPod, node_hostname: str, user_namespace: UserNamespace | None = None
+) -> SandboxConfig:
+    """What the holder needs to create the pod's namespaces (pure); ``user_namespace`` is the
+    pod's allocation when it asks for one (``hostUsers: false``)."""
     return SandboxConfig(
         pod_uid=pod.uid,
         pod_namespace=pod.namespace,
@@ -86,6 +92,7 @@ def sandbox_config(pod: StaticPod, node_hostname: str) -> SandboxConfig:
         share_process_namespace=pod.share_process_namespace,
         grace_seconds=pod.grace_seconds,
         sysctls=sandbox_sysctls(pod.spec),
+        user_namespace=user_namespace,
     )
 
 
@@ -145,6 +152,11 @@ def build_container_config(
         raise ContainerConfigError(
             f'container "{name}": no command: image {container.get("image")!r} runs on the host '
             "filesystem, which has no entrypoint"
+        )
+    if wants_user_namespace(ctx.pod.spec) and ctx.user_namespace is None:
+        raise ContainerConfigError(
+            f'container "{name}": the pod asks for a user namespace (hostUsers: false) and has '
+            "none allocated; it is not started in the host's"
         )
     node = ctx.security
     try:
@@ -208,6 +220,7 @@ def build_container_config(
         read_only_root=security.read_only_root,
         masked_paths=masked,
         readonly_paths=readonly,
+        user_namespace=ctx.user_namespace,
     )
 
 

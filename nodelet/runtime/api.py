@@ -12,6 +12,15 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
+class UserNamespace:
+    """A pod's user namespace (``hostUsers: false``): container ids ``0..length-1`` are host
+    ids ``host_id..host_id+length-1``, for uids and gids alike (kubelet's allocation)."""
+
+    host_id: int
+    length: int
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     """What the infra holder needs to create the pod's namespaces."""
 
@@ -31,6 +40,8 @@ class SandboxConfig:
     sysctls: tuple[tuple[str, str], ...] = ()
     """Namespaced sysctls (name, value) the holder sets inside the pod's new namespaces, already
     checked against the node's allow-list."""
+    user_namespace: UserNamespace | None = None
+    """Made first, owning the pod's net, IPC and UTS namespaces; None: the host's."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,8 @@ class ContainerConfig:
     """Paths bound read-only over themselves (``/proc/sys``, ``/proc/sysrq-trigger`` ...)."""
     log_max_bytes: int | None = None
     """The holder rotates the log before it would exceed this size (``containerLogMaxSize``)."""
+    user_namespace: UserNamespace | None = None
+    """The pod's: joined before the user switch, and every volume idmapped with it."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 from nodelet.holder import protocol
-from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig
+from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig, UserNamespace
 
 
 def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
@@ -55,7 +55,14 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         spec["readonly_paths"] = list(config.readonly_paths)
     if config.log_max_bytes:
         spec["log_max_bytes"] = config.log_max_bytes
+    if config.user_namespace is not None:
+        spec["user_namespace"] = _user_namespace(config.user_namespace)
     return spec
+
+
+def _user_namespace(userns: UserNamespace) -> protocol.UserNamespaceSpec:
+    mapping = [0, userns.host_id, userns.length]
+    return {"uid_map": [list(mapping)], "gid_map": [list(mapping)]}
 
 
 def _mount_spec(mount: Mount) -> protocol.MountSpec:
@@ -87,4 +94,6 @@ def sandbox_request(config: SandboxConfig, pod_dir: Path) -> protocol.SandboxReq
         request["cgroup_procs"] = list(config.cgroup_procs)
     if config.sysctls:
         request["sysctls"] = [[name, value] for name, value in config.sysctls]
+    if config.user_namespace is not None:
+        request["user_namespace"] = _user_namespace(config.user_namespace)
     return request

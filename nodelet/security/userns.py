@@ -16,10 +16,10 @@ import json
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodelet.runtime.api import UserNamespace
 from nodelet.util import safepath
 
 IDS_PER_POD = 65536
@@ -39,18 +39,6 @@ _lock = threading.Lock()
 
 class UsernsError(Exception):
     """A user namespace cannot be given to the pod; the message says why."""
-
-
-@dataclass(frozen=True)
-class IdMapping:
-    """Container ids ``0..length-1`` are host ids ``host_id..host_id+length-1`` (uids and gids
-    alike, as kubelet allocates them)."""
-
-    host_id: int
-    length: int = IDS_PER_POD
-
-    def to_host(self, container_id: int) -> int:
-        return self.host_id + container_id
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -102,7 +90,7 @@ def _file(pods_state_dir: Path, pod_uid: str) -> Path:
     return safepath.child(pods_state_dir, pod_uid) / MAPPINGS_FILE
 
 
-def _parse(content: str) -> IdMapping:
+def _parse(content: str) -> UserNamespace:
     """kubelet's ``parseUserNsFileAndRecord`` rules: one mapping, the same for uids and gids,
     container id 0 mapped."""
     data = json.loads(content)
@@ -117,10 +105,10 @@ def _parse(content: str) -> IdMapping:
     host_id, length = mapping.get("hostId"), mapping.get("length")
     if not isinstance(host_id, int) or not isinstance(length, int):
         raise ValueError("hostId and length must be integers")
-    return IdMapping(host_id, length)
+    return UserNamespace(host_id, length)
 
 
-def read(pods_state_dir: Path, pod_uid: str) -> IdMapping | None:
+def read(pods_state_dir: Path, pod_uid: str) -> UserNamespace | None:
     """The pod's recorded mapping, None when it has none. Raises UsernsError when damaged."""
     path = _file(pods_state_dir, pod_uid)
     try:
@@ -135,10 +123,10 @@ def read(pods_state_dir: Path, pod_uid: str) -> IdMapping | None:
         raise UsernsError(f"invalid user namespace mappings file {path}: {err}") from None
 
 
-def allocations(pods_state_dir: Path) -> dict[str, IdMapping]:
+def allocations(pods_state_dir: Path) -> dict[str, UserNamespace]:
     """Every pod's recorded mapping (pod uid -> mapping). A damaged file is an error: its block
     cannot be known to be free."""
-    found: dict[str, IdMapping] = {}
+    found: dict[str, UserNamespace] = {}
     try:
         entries = sorted(os.listdir(pods_state_dir))
     except FileNotFoundError:
@@ -151,7 +139,7 @@ def allocations(pods_state_dir: Path) -> dict[str, IdMapping]:
     return found
 
 
-def get_or_create(pods_state_dir: Path, ids_range: tuple[int, int], pod_uid: str) -> IdMapping:
+def get_or_create(pods_state_dir: Path, ids_range: tuple[int, int], pod_uid: str) -> UserNamespace:
     """kubelet's ``GetOrCreateUserNamespaceMappings``: the pod's recorded block, else the
     lowest free one of ``ids_range``, recorded durably before it is returned."""
     first, count = ids_range
@@ -162,7 +150,7 @@ def get_or_create(pods_state_dir: Path, ids_range: tuple[int, int], pod_uid: str
         taken = {m.host_id for m in used.values()}
         for host_id in range(first, first + count, IDS_PER_POD):
             if host_id not in taken:
-                mapping = IdMapping(host_id)
+                mapping = UserNamespace(host_id, IDS_PER_POD)
                 _write(_file(pods_state_dir, pod_uid), mapping)
                 return mapping
     raise UsernsError(
@@ -183,7 +171,7 @@ def release(pods_state_dir: Path, pod_uid: str) -> None:
         _fsync_dir(path.parent)
 
 
-def _write(path: Path, mapping: IdMapping) -> None:
+def _write(path: Path, mapping: UserNamespace) -> None:
     entry = {"containerId": 0, "hostId": mapping.host_id, "length": mapping.length}
     body = json.dumps({"uidMappings": [entry], "gidMappings": [entry]}).encode()
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
