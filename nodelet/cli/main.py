@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_logs_arguments(logs)
     _add_client_args(logs)
     _add_operator_commands(sub)
+    from nodelet.cli.image import add_image_arguments
+
+    add_image_arguments(sub.add_parser("image", help="import, pull, list and remove images"))
     return parser
 
 
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from nodelet.cli.pods import pods
 
         return pods(args)
+    if command == "image":
+        from nodelet.cli.image import image_command
+
+        return image_command(args)
     if command in _OPERATOR_COMMANDS:
         return _OPERATOR_COMMANDS[command](args)
     return _logs(args)
