@@ -26,6 +26,7 @@ digest equals the config's ``diff_id``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -34,8 +35,8 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import IO, BinaryIO, cast
 
 WHITEOUT_PREFIX = ".wh."
@@ -71,7 +72,7 @@ class _HashingReader:
             pass
 
 
-@contextmanager
+@contextlib.contextmanager
 def decompressed(blob: BinaryIO) -> Iterator[IO[bytes]]:
     """The layer's tar stream, whatever the compression its first bytes show."""
     head = blob.read(4)
@@ -85,20 +86,45 @@ def decompressed(blob: BinaryIO) -> Iterator[IO[bytes]]:
             raise UnsafeLayerError(
                 "layer is zstd-compressed and the zstd binary is missing (install Debian's zstd)"
             )
+        try:
+            blob.fileno()
+            feed = None
+        except (OSError, ValueError):
+            feed = blob  # an in-memory blob: fed through a pipe by a thread
         with subprocess.Popen(
-            ["zstd", "-d", "-c", "-q"], stdin=blob, stdout=subprocess.PIPE
+            ["zstd", "-d", "-c", "-q"],
+            stdin=subprocess.PIPE if feed is not None else blob,
+            stdout=subprocess.PIPE,
         ) as proc:
             assert proc.stdout is not None
+            feeder = None
+            if feed is not None:
+                assert proc.stdin is not None
+                feeder = threading.Thread(target=_feed, args=(feed, proc.stdin), daemon=True)
+                feeder.start()
             try:
                 yield proc.stdout
                 proc.stdout.read()
             finally:
                 proc.stdout.close()
                 code = proc.wait()
+                if feeder is not None:
+                    feeder.join()
             if code != 0:
                 raise UnsafeLayerError(f"zstd could not decompress the layer (exit {code})")
         return
     yield blob
+
+
+def _feed(source: BinaryIO, sink: IO[bytes]) -> None:
+    try:
+        while chunk := source.read(_CHUNK):
+            sink.write(chunk)
+    except BrokenPipeError:
+        pass  # zstd stopped early: its exit status tells why
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            sink.close()
 
 
 def unpack_layer(blob: BinaryIO, dest: str, diff_id: str | None) -> None:
@@ -110,7 +136,10 @@ def unpack_layer(blob: BinaryIO, dest: str, diff_id: str | None) -> None:
             dirs = _extract_all(reader, root)
             reader.drain()
         for name, member in reversed(dirs):
-            fd = _open_dir(root, name, create=False)
+            try:
+                fd = _open_dir(root, name, create=False)
+            except (UnsafeLayerError, FileNotFoundError):
+                continue  # a later entry replaced the dir (or a parent) with a non-dir
             try:
                 _set_metadata_fd(fd, member)
             finally:
