@@ -32,8 +32,10 @@ STAMP := $(VENV)/.installed
 # python3-venv for `make install`'s venv; systemd for `systemd-analyze verify` of the unit.
 # nftables: the built-in pod network's NAT; containernetworking-plugins (and the iptables it
 # pulls in): CNI mode and its tests; libseccomp2: compiling seccomp profiles (pyseccomp).
+# zstd: zstd image layers; busybox-static, skopeo, docker-registry: the image tests' images,
+# archives and loopback registry.
 APT_PACKAGES ?= iproute2 procps util-linux python3 python3-venv systemd nftables iptables \
-	containernetworking-plugins libseccomp2
+	containernetworking-plugins libseccomp2 zstd busybox-static skopeo docker-registry
 
 POD_MANIFEST_PATH ?= $(CURDIR)/static-pods
 NODELET_ARGS ?=

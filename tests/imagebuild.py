@@ -62,13 +62,15 @@ def file_entry(name: str, data: bytes, **attrs: Any) -> tuple[tarfile.TarInfo, b
 
 
 def busybox_layer() -> bytes:
-    """/bin/busybox (Debian's busybox-static), /bin/sh → busybox, /etc/passwd, /etc/motd."""
+    """/bin/busybox (Debian's busybox-static), /bin/sh → busybox, /bin/cat (a hard link),
+    /etc/passwd, /etc/motd."""
     require_binary(str(BUSYBOX), "busybox-static")
     return tar_bytes(
         [
             (entry("bin", tarfile.DIRTYPE), None),
             file_entry("bin/busybox", BUSYBOX.read_bytes(), mode=0o755),
             (entry("bin/sh", tarfile.SYMTYPE, linkname="busybox", mode=0o777), None),
+            (entry("bin/cat", tarfile.LNKTYPE, linkname="bin/busybox"), None),
             (entry("etc", tarfile.DIRTYPE), None),
             file_entry("etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"),
             file_entry("etc/motd", b"base layer\n"),
@@ -182,6 +184,19 @@ def docker_archive(images: list[tuple[BuiltImage, list[str]]]) -> bytes:
         manifest.append({"Config": config_name, "RepoTags": tags, "Layers": layer_names})
     entries.append(file_entry("manifest.json", json.dumps(manifest).encode()))
     return tar_bytes(entries)
+
+
+def nodelet_image_fails(root_dir: Path, *args: str, stdin: bytes | None = None) -> str:
+    """``nodelet image ARGS``, which must exit 1; its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nodelet", "image", *args, "--root-dir", str(root_dir)],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 1, f"exited {proc.returncode}: {proc.stdout!r} {proc.stderr!r}"
+    return proc.stderr.decode()
 
 
 def nodelet_image(root_dir: Path, *args: str, stdin: bytes | None = None) -> str:

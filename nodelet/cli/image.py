@@ -5,12 +5,12 @@ first start on an air-gapped node."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nodelet.config import AgentConfig
 from nodelet.image.reference import InvalidImageNameError
@@ -97,14 +97,18 @@ def _import(store: ImageStore, args: argparse.Namespace) -> int:
             # random access, and standard input has none.
             path = store.temp_path("stdin")
             with open(path, "xb") as out:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+                stdin = cast(io.BufferedReader, sys.stdin.buffer)
+                while chunk := stdin.read1(1 << 20):
+                    out.write(chunk)
         else:
             path = Path(args.file)
             if not path.exists():
                 raise ImageStoreError(f"{path}: no such file or dir")
-        records = import_archive(store, path, args.repo)
-        if args.file == "-":
-            path.unlink()
+        try:
+            records = import_archive(store, path, args.repo)
+        finally:
+            if args.file == "-":
+                path.unlink()
     for record in records:
         names = sorted(n for n, r in store.records().items() if r.manifest == record.manifest)
         print(f"imported {', '.join(names)} ({record.config})")
@@ -156,7 +160,7 @@ def _one(store: ImageStore, text: str) -> ImageRecord:
     found = store.resolve(text)
     if not found:
         raise ImageStoreError(f"no image {text!r} in {store.base}")
-    if len({r.manifest for r in found}) > 1:
+    if len({r.config for r in found}) > 1:
         raise ImageStoreError(f"{text!r} names more than one image; give more of the ID")
     return found[0]
 
