@@ -21,6 +21,7 @@ from nodelet.cgroups.driver import CgroupDriver
 from nodelet.cgroups.summary import StatsSummary
 from nodelet.cluster.mirrorplan import DISABLED, SYNCED
 from nodelet.cluster.nodesync import NodeSettings
+from nodelet.cluster.peerroutes import PeerRoutes, peer_routes
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
 from nodelet.logs import retention, rotation
@@ -95,6 +96,8 @@ class Agent:
             sync_hook=self._timed_sync,
             network=node_network(config),
         )
+        self._peer_routes: PeerRoutes | None = None
+        """The Nodes' pod CIDRs as host-gw routes, and this node's podCIDR (built-in network)."""
         self.pods = PodWorkers(self._ctx)
         self._summary = StatsSummary(config.node_name)
         merged = MergedSources(
@@ -189,6 +192,9 @@ class Agent:
         await self.server.start()  # the TCP port only when healthz_port is set
         if self.cluster is not None:
             self.cluster.start()  # in the background: pods never wait for the API server
+            self._peer_routes = peer_routes(self.config, self.cluster.caller, self._ctx.network)
+            if self._peer_routes is not None:
+                self._peer_routes.start()
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
@@ -212,6 +218,8 @@ class Agent:
                     await task
             await self.pods.stop()
             await self._backoff_store.flush()
+            if self._peer_routes is not None:
+                await self._peer_routes.close()
             if self.cluster is not None:
                 await self.cluster.close()
             await self.server.close()
