@@ -165,7 +165,8 @@ class RegistryClient:
             with self.opener.open(request, timeout=self.options.timeout) as response:
                 doc = json.loads(response.read(1 << 20))
         except urllib.error.HTTPError as error:
-            raise _registry_error(self.host, f"token from {realm}", error) from None
+            what = f"token from {realm}" + (" (no credentials for it)" if creds is None else "")
+            raise _registry_error(self.host, what, error) from None
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise RegistryError(f"registry {self.host}: token from {realm}: {error}") from None
         token = doc.get("token") or doc.get("access_token")

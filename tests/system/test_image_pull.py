@@ -3,14 +3,20 @@ free loopback port, images pushed by Debian's skopeo, requests counted in the re
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import datetime
+import http.server
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
-import urllib.request
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +57,10 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
+@contextlib.contextmanager
+def run_registry(tmp_path: Path, auth: str = "") -> Iterator[Registry]:
+    """docker-registry on a free loopback port, its storage and log in ``tmp_path``; stopped
+    by pid."""
     binary = require_binary("docker-registry", "docker-registry")
     port = free_port()
     config = tmp_path / "registry.yml"
@@ -61,7 +69,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         "log:\n  level: info\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     log = tmp_path / "registry.log"
     with open(log, "wb") as out:
@@ -70,7 +78,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -84,6 +92,12 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    with run_registry(tmp_path) as running:
+        yield running
 
 
 def push(layout: Path, ref: str, dest: str, all_images: bool = False) -> None:
@@ -200,3 +214,137 @@ def test_malicious_layer_from_a_registry_fails_the_pull(registry: Registry, tmp_
     assert os.listdir(outside) == []
     assert not (root / "images/index.json").exists()
     assert os.listdir(root / "images/layers") == []
+
+
+class TokenServer:
+    """A registry token server (Docker's token auth spec): basic credentials in, an ES256 JWT
+    out, signed by a key whose certificate the registry trusts (``rootcertbundle``)."""
+
+    def __init__(self, tmp_path: Path, service: str, issuer: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nlt-token-signer")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.bundle = tmp_path / "token-ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.der = self.cert.public_bytes(serialization.Encoding.DER)
+        self.service, self.issuer = service, issuer
+        self.users = {"nlt": "s3cret"}
+        self.issued = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                user, _, password = (
+                    base64.b64decode(auth[6:]).decode().partition(":")
+                    if auth.startswith("Basic ")
+                    else ("", "", "")
+                )
+                if server.users.get(user) != password or not user:
+                    self.send_response(401)
+                    self.end_headers()
+                    self.wfile.write(b'{"details": "wrong credentials"}')
+                    return
+                body = json.dumps({"token": server.token(user, query.get("scope", []))})
+                server.issued += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def token(self, user: str, scopes: list[str]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "sub": user, "aud": self.service, "exp": now + 300,
+            "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access,
+        }  # fmt: skip
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.der).decode()]}
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[tuple[Registry, TokenServer]]:
+    tokens = TokenServer(tmp_path, "nlt-registry", "nlt-issuer")
+    auth = (
+        f"auth:\n  token:\n    realm: {tokens.realm}\n    service: nlt-registry\n"
+        f"    issuer: nlt-issuer\n    rootcertbundle: {tokens.bundle}\n"
+    )
+    try:
+        with run_registry(tmp_path, auth) as registry:
+            yield registry, tokens
+    finally:
+        tokens.stop()
+
+
+def test_bearer_token_auth_with_credentials_from_config_json(
+    auth_registry: tuple[Registry, TokenServer], tmp_path: Path
+) -> None:
+    registry, tokens = auth_registry
+    image = BuiltImage([busybox_layer()])
+    image.write_oci(tmp_path / "oci", "1")
+    skopeo = require_binary("skopeo", "skopeo")
+    subprocess.run(
+        [
+            skopeo, "--insecure-policy", "copy", "-q", "--dest-tls-verify=false",
+            "--dest-creds", "nlt:s3cret", f"oci:{tmp_path / 'oci'}:1",
+            f"docker://{registry.host}/nlt/private:1",
+        ],
+        check=True, timeout=120,
+    )  # fmt: skip
+    root = tmp_path / "nlt-root"
+    name = f"{registry.host}/nlt/private:1"
+    stderr = nodelet_image_fails(root, "pull", name)
+    assert f"token from {tokens.realm} (no credentials for it): 401" in stderr
+    root.mkdir(exist_ok=True)
+    config = {"auths": {registry.host: {"auth": base64.b64encode(b"nlt:wrong").decode()}}}
+    (root / "config.json").write_text(json.dumps(config))
+    stderr = nodelet_image_fails(root, "pull", name)
+    assert f"token from {tokens.realm}: 401" in stderr
+    config = {"auths": {f"http://{registry.host}": {"username": "nlt", "password": "s3cret"}}}
+    (root / "config.json").write_text(json.dumps(config))
+    issued = tokens.issued
+    nodelet_image(root, "pull", name)
+    assert tokens.issued == issued + 1  # one token serves the whole pull
+    assert json.loads(nodelet_image(root, "inspect", name))["id"] == sha(image.config())
