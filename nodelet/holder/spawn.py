@@ -1,7 +1,10 @@
 """What runs in a container's process between fork and exec: apply the prepared spec, exec.
 
 The order is runc's standard init (``standard_init_linux.go``, ``finalizeNamespace``): session
-and stdio, cgroups, the mount namespace (``mounts.apply``); the seccomp filter while
+and stdio, cgroups, the mount namespace (``mounts.apply``, volumes idmapped for a pod with a
+user namespace); the pod's user namespace (``userns.join``: made with its maps before anything
+ran in it, joined here after the mounts that need the host's root and before everything whose
+effect should be inside it); the seccomp filter while
 CAP_SYS_ADMIN is still held when the container has no no_new_privs; the bounding set; the user
 switch with the permitted set kept; the working directory as that user; effective, permitted,
 inheritable and ambient sets; no_new_privs and, with it, the seccomp filter as late as
