@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aiohttp import web
+
 DICTIONARY = (
     b"\x00\x00\x00\x07options\x00\x00\x00\x04head\x00\x00\x00\x04post\x00\x00\x00\x03put\x00"
     b"\x00\x00\x06delete\x00\x00\x00\x05trace\x00\x00\x00\x06accept\x00\x00\x00\x0eaccept-cha"
@@ -54,6 +56,7 @@ DICTIONARY = (
 """SPDY/3's header compression dictionary (spdystream's ``headerDictionary``, 1423 bytes)."""
 
 VERSION = 3
+UPGRADE = "SPDY/3.1"
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS = 1, 2, 3, 4
 PING, GOAWAY, HEADERS, WINDOW_UPDATE = 6, 7, 8, 9
 FLAG_FIN = 0x01
@@ -443,3 +446,45 @@ class Session:
         self.closed.set()
         for stream in list(self._streams.values()):
             stream._end()
+
+
+async def upgrade(
+    request: web.Request, protocol: str, on_stream: Callable[[Stream], bool]
+) -> tuple[Session, web.StreamResponse]:
+    """Answer 101 Switching Protocols (as k8s' SPDY upgrader: ``Connection: Upgrade``,
+    ``Upgrade: SPDY/3.1`` and the negotiated ``X-Stream-Protocol-Version``) and make a session
+    the connection's reader, as aiohttp's own WebSocketResponse takes a connection over."""
+    response = web.StreamResponse(
+        status=101,
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": UPGRADE,
+            "X-Stream-Protocol-Version": protocol,
+        },
+    )
+    await response.prepare(request)
+    handler, transport = request.protocol, request.transport
+    if handler is None or transport is None:
+        raise ConnectionResetError("the connection is gone")
+
+    def write(data: bytes) -> None:
+        if not transport.is_closing():
+            transport.write(data)
+
+    session = Session(write, handler._drain_helper, on_stream, handler.pause_reading,
+                      handler.resume_reading)  # fmt: skip
+    handler.keep_alive(False)
+    handler.set_parser(session)  # type: ignore[arg-type]  # a payload parser, duck-typed
+    return session, response
+
+
+def hang_up(request: web.Request) -> None:
+    """Close the upgraded connection (aiohttp would otherwise wait for another request)."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def is_upgrade(request: web.Request) -> bool:
+    """The request asks for SPDY/3.1 (k8s' upgrader checks both headers, case-blind)."""
+    connection = request.headers.get("Connection", "").lower()
+    return "upgrade" in connection and UPGRADE.lower() in request.headers.get("Upgrade", "").lower()
