@@ -15,10 +15,12 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import psutil
+
 from nodelet import reasons
 from nodelet.cgroups import driver as cgroups
 from nodelet.cgroups.driver import CgroupDriver
-from nodelet.cgroups.summary import StatsSummary
+from nodelet.cgroups.summary import StatsSummary, SummaryPaths
 from nodelet.cluster.mirrorplan import DISABLED, SYNCED
 from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.peerroutes import PeerRoutes, peer_routes
@@ -45,7 +47,10 @@ from nodelet.pod.worker import WorkerContext, WorkerState, describe
 from nodelet.pod.workers import PodWorkers
 from nodelet.reasons import EVENT_WARNING
 from nodelet.runtime.api import ContainerConfig, KnownPod, Runtime
+from nodelet.server import kubeletroutes, kubeletstats
 from nodelet.server.containers import containers_route
+from nodelet.server.kubelet import KubeletServerError
+from nodelet.server.kubeletsetup import kubelet_server
 from nodelet.server.local import (
     LocalServer,
     redact_pod_list,
@@ -71,6 +76,7 @@ class Agent:
         self._phases: dict[str, str] = {}
         self.cluster = cluster_sync(config)
         self._started = time.monotonic()
+        self._process_start_time = psutil.Process().create_time()
         self._sync_monitor = SyncLoopMonitor(config.resync_seconds)
         self.metrics = AgentMetrics(
             AgentView(
@@ -100,6 +106,15 @@ class Agent:
         """The Nodes' pod CIDRs as host-gw routes, and this node's podCIDR (built-in network)."""
         self.pods = PodWorkers(self._ctx)
         self._summary = StatsSummary(config.node_name)
+        self.stats_view = kubeletstats.StatsView(
+            node_name=config.node_name,
+            paths=SummaryPaths(config.root_dir, config.pod_logs_dir, config.pods_state_dir),
+            summary=self._summary,
+            pods=self._pods_with_status,
+            sandboxes=lambda: self._measured.sandboxes(),  # noqa: PLW0108 (one call per read)
+            cgroups=lambda: self._ctx.cgroups,
+        )
+        """What kubelet's stats routes read; the local /stats/summary shares its CPU samples."""
         merged = MergedSources(
             ["file", "http"] if config.manifest_url else ["file"], self._on_snapshot
         )
@@ -139,6 +154,14 @@ class Agent:
                     lambda: list(self.pods.desired.values()), runtime, self._started_config
                 )
             },
+        )
+        self.kubelet_server = kubelet_server(
+            config,
+            installers=[
+                functools.partial(kubeletroutes.install, backend=self),
+                functools.partial(kubeletstats.install, backend=self.stats_view),
+            ],
+            api=lambda: self.cluster.caller.api_client if self.cluster is not None else None,
         )
         self._swept = False
 
@@ -190,6 +213,11 @@ class Agent:
         await self._start_network()
         self.pods.adopt(known)
         await self.server.start()  # the TCP port only when healthz_port is set
+        try:
+            await self.kubelet_server.start()  # kubelet exits when it cannot listen, too
+        except OSError as err:
+            await self.server.close()
+            raise KubeletServerError(str(err)) from None
         if self.cluster is not None:
             self.cluster.start()  # in the background: pods never wait for the API server
             self._peer_routes = peer_routes(self.config, self.cluster.caller, self._ctx.network)
@@ -222,6 +250,7 @@ class Agent:
                 await self._peer_routes.close()
             if self.cluster is not None:
                 await self.cluster.close()
+            await self.kubelet_server.close()
             await self.server.close()
             await self.runtime.close()
             self.systemd.close()
@@ -377,6 +406,19 @@ class Agent:
     def _metrics(self) -> tuple[int, Any]:
         return 200, self.metrics.render()
 
+    def metrics_text(self) -> str:
+        """The kubelet API's ``/metrics``."""
+        return self.metrics.render()
+
+    def probe_metrics_text(self) -> str:
+        """The kubelet API's ``/metrics/probes``: nodelet counts no prober metrics yet, so
+        only the process start time that kubelet's prober registry also carries."""
+        return (
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+            "seconds.\n# TYPE process_start_time_seconds gauge\n"
+            f"process_start_time_seconds {self._process_start_time}\n"
+        )
+
     def pod_list(self) -> dict[str, Any]:
         """kubelet's /pods: every desired pod with its latest status."""
         items = []
@@ -389,7 +431,11 @@ class Agent:
         """kubelet's ``/stats/summary``: usage of the node, every pod and running container
         (usage figures only: nothing secret, so the redacted port serves it too)."""
         pods = [(pod, self.pods.status_of(uid)) for uid, pod in sorted(self.pods.desired.items())]
-        return 200, self._summary.build(self._ctx.cgroups, pods)
+        sandboxes = {sandbox.pod_uid: sandbox for sandbox in self._measured.sandboxes()}
+        summary = self._summary.build(
+            self._ctx.cgroups, pods, sandboxes=sandboxes, paths=self.stats_view.paths
+        )
+        return 200, summary
 
     def _pods(self) -> tuple[int, Any]:
         return 200, self.pod_list()

@@ -760,7 +760,9 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "registerNode": config.register_node,
             "allowedUnsafeSysctls": list(config.allowed_unsafe_sysctls),
             "seccompDefault": config.seccomp_default,
-            "podCIDR": config.pod_cidr,
+            # Only when set: a printed default would read back as explicit, and an explicit
+            # CIDR is never replaced by the Node's spec.podCIDR.
+            **_set("podCIDR", config.pod_cidr if config.pod_cidr_explicit else None),
             "containerLogMaxSize": _size(config.container_log_max_size),
             "containerLogMaxFiles": config.container_log_max_files,
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},

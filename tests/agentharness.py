@@ -209,7 +209,11 @@ def agent_session(
     cgroup_root = f"/nlt-{base.name.removeprefix('nlt-')}"
     # No pod network unless a test asks for one (with names of its own): the built-in one
     # would make the node's `nodelet0` bridge and `nodelet` nft table.
-    args = ["--cgroup-root", cgroup_root, "--network-plugin", "none", *(extra_args or [])]
+    # No kubelet API either (every agent would bind :10250); a test's own --port wins.
+    args = [
+        "--cgroup-root", cgroup_root, "--network-plugin", "none", "--port", "0",
+        *(extra_args or []),
+    ]  # fmt: skip
 
     def make() -> Agent:
         agent = Agent(base, args, prefix)

@@ -520,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.network.api import NetworkError
     from nodelet.runtime.process import ProcessRuntime
     from nodelet.security.sysctls import allowlist_errors
+    from nodelet.server.kubelet import KubeletServerError
     from nodelet.util import nodeinfo
 
     agentlog.configure(args.log_format, args.verbose)
@@ -549,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         asyncio.run(Agent(config, ProcessRuntime(config.run_dir)).run())
-    except (UnsafeDirError, KubeconfigError, NetworkError) as err:
+    except (UnsafeDirError, KubeconfigError, NetworkError, KubeletServerError) as err:
         print(f"nodelet run: {err}", file=sys.stderr)
         return 1
     return 0

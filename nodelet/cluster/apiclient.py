@@ -140,6 +140,12 @@ class ApiCaller:
         """403 answers: the Node authorizer or NodeRestriction refused a write (a bug)."""
 
     @property
+    def api_client(self) -> ApiClient:
+        """The client itself, for callers outside the sync loops (the kubelet API's
+        TokenReviews and SubjectAccessReviews)."""
+        return self._client
+
+    @property
     def server(self) -> str:
         host: str = self._client.configuration.host
         return host

@@ -75,7 +75,7 @@ def test_agent_runs_a_pod_from_kubeadms_config_file() -> None:
         agent.write_manifest("sleeper.yaml", SLEEPER.format(name="sleeper"))
         wait_for(lambda: agent.running("sleeper"), 30, "sleeper running")
         log = agent.output.read_text()
-        for key in ("cgroupDriver", "clusterDNS", "authentication", "rotateCertificates"):
+        for key in ("cgroupDriver", "clusterDNS", "rotateCertificates"):
             assert log.count(f"{config}: {key}: kubelet setting not implemented") == 1, key
         assert "staticPodPath: kubelet setting not implemented" not in log
 

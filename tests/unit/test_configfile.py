@@ -22,8 +22,6 @@ pytestmark = pytest.mark.unit
 
 KUBEADM = Path(__file__).parent.parent / "data" / "kubeadm-kubelet-config.yaml"
 UNIMPLEMENTED_IN_KUBEADM = {
-    "authentication",
-    "authorization",
     "cgroupDriver",
     "clusterDNS",
     "clusterDomain",
@@ -64,6 +62,11 @@ def test_kubeadm_file_loads_with_kubelet_defaulting_of_zero_values() -> None:
     assert settings.values == {
         "pod_manifest_path": Path("/etc/kubernetes/manifests"),
         "healthz_port": 10248,
+        # kubeadm's authentication/authorization: the kubelet API's client CA and webhooks.
+        "anonymous_auth": False,
+        "authentication_token_webhook": True,
+        "authorization_mode": "Webhook",
+        "client_ca_file": Path("/etc/kubernetes/pki/ca.crt"),
     }
     config = config_from(["--config", str(KUBEADM)])
     # kubeadm writes 0s: kubelet's defaulting turns that into its defaults.
