@@ -25,47 +25,121 @@ RECV_SIZE = 32 * 1024
 """Bytes asked of one ``recv``: a probe's whole answer (at most 10 KiB of body), or a TLS record."""
 
 
-FIN_WAIT = 0.005
-"""How long a plain exchange waits for the server's FIN before it reads what came instead. A
-probe asks ``Connection: close``, so a server closes right after its answer: waiting for the
+GATHER = 0.005
+"""How long the poller lets the answers of a batch of probes gather before it looks at them,
+and how long a plain exchange waits for the server's FIN before it reads what came instead.
+
+The probes due in one tick slot (see the worker's ``TICK_SLACK``) send their requests in one
+loop pass, and their servers answer within a few milliseconds of each other: woken at once,
+the agent would wake once per answer; looking once, this long after the first request of the
+batch, finds most of them in one wake-up. What has not come by then wakes the agent as it
+arrives. An answer waits at most this long, far inside any probe's timeout.
+
+A probe asks ``Connection: close``, so a server closes right after its answer: waiting for the
 FIN (EPOLLRDHUP) alone finds the whole answer in one wake-up, where waking for data wakes once
 for the answer and once more for the FIN that follows it a moment later. A server that keeps
 the connection open anyway, or sends more than the socket buffer holds, is read as it comes
-after this wait: it only costs that server's probe these milliseconds."""
+after the gathering: it only costs that server's probe these milliseconds."""
 
 
 class _Poller:
-    """The probe sockets' readiness through one epoll of their own, which the event loop
-    watches as one reader. Watching a socket is one ``epoll_ctl``; the loop's own
-    ``add_reader``/``remove_reader`` cost a handle, a selector key and a few caught exceptions
-    per socket, more than the probe's parsing. One-shot: a callback runs once per watch."""
+    """The probe sockets' readiness through one epoll of their own. Watching a socket is one
+    ``epoll_ctl``; the loop's own ``add_reader``/``remove_reader`` cost a handle, a selector
+    key and a few caught exceptions per socket, more than the probe's parsing. One-shot: a
+    callback runs once per watch.
+
+    The epoll is looked at :data:`GATHER` after the first watch of a batch (then a watch's
+    ``late`` callback runs if it has not fired); only while watches are still pending after
+    that is the epoll in the loop's selector, as one reader."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._epoll = select.epoll()
-        self._callbacks: dict[int, Callable[[], None]] = {}
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        self._fd = self._epoll.fileno()
+        self._registered: set[int] = set()
+        self._pending: dict[int, Callable[[], None]] = {}
+        """Armed watches: the callback of each socket not ready yet."""
+        self._late: dict[int, Callable[[], None]] = {}
+        """The ``late`` callbacks of pending watches, run at the next gathering."""
+        self._gather: asyncio.TimerHandle | None = None
+        self._reading = False
+        """The epoll is in the loop's selector (watches outlived a gathering)."""
+        self._gathering = False
+        """The gathering timer fired and its callbacks run now."""
         weakref.finalize(self, self._epoll.close)
 
-    def watch(self, fd: int, events: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, when ``fd`` has one of the epoll ``events`` (or an error)."""
+    def watch(
+        self,
+        fd: int,
+        events: int,
+        callback: Callable[[], None],
+        late: Callable[[], None] | None = None,
+    ) -> None:
+        """Call ``callback`` once, when ``fd`` has one of the epoll ``events`` (or an error);
+        ``late`` instead if that has not happened by the next gathering (at most
+        :data:`GATHER` from now)."""
         events |= select.EPOLLONESHOT
-        if fd in self._callbacks:
+        if fd in self._registered:
             self._epoll.modify(fd, events)
         else:
             self._epoll.register(fd, events)
-        self._callbacks[fd] = callback
+            self._registered.add(fd)
+        self._pending[fd] = callback
+        if late is not None:
+            self._late[fd] = late
+        gather = late is not None or not self._reading
+        if gather and not (self._gathering or self._gather):
+            loop = self._loop
+            self._gather = loop.call_at(loop.time() + GATHER, self._gathered)
 
     def forget(self, fd: int) -> None:
         """Before ``fd`` is closed: a forked child may still hold the socket, and epoll
         forgets a socket only when its last descriptor closes."""
-        if self._callbacks.pop(fd, None) is not None:
+        self._pending.pop(fd, None)
+        self._late.pop(fd, None)
+        if fd in self._registered:
+            self._registered.discard(fd)
             self._epoll.unregister(fd)
+        if not self._pending:
+            self._idle()
+
+    def _idle(self) -> None:
+        """Nothing is watched: no reader, no timer."""
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._gather is not None:
+            self._gather.cancel()
+            self._gather = None
+
+    def _gathered(self) -> None:
+        self._gather = None
+        self._gathering = True
+        try:
+            self._dispatch()
+            late, self._late = self._late, {}
+            for fd, callback in late.items():
+                self._pending.pop(fd, None)  # its watch is over: ``late`` re-arms it if need be
+                callback()
+        finally:
+            self._gathering = False
+        if self._pending and not self._reading:
+            self._loop.add_reader(self._fd, self._dispatch)
+            self._reading = True
 
     def _dispatch(self) -> None:
-        for fd, _ in self._epoll.poll(0, 64):
-            callback = self._callbacks.get(fd)
-            if callback is not None:
-                callback()
+        pending = self._pending
+        while True:
+            events = self._epoll.poll(0, 64)
+            for fd, _ in events:
+                callback = pending.pop(fd, None)
+                if callback is not None:
+                    self._late.pop(fd, None)
+                    callback()
+            if len(events) < 64:
+                break
+        if not pending:
+            self._idle()
 
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
@@ -147,10 +221,14 @@ class Exchange:
             if self._tls is not None:
                 self._timer = self._loop.call_at(deadline, self._expire)
                 self._handshake()
-            else:
+            elif deadline > self._loop.time() + GATHER:
+                # The FIN first (see GATHER): no timer of its own while it waits for one.
                 self._events = select.EPOLLRDHUP
-                fin_by = min(self._loop.time() + FIN_WAIT, deadline)
-                self._timer = self._loop.call_at(fin_by, self._fin_late)
+                self._send(self._request)
+                self._poller.watch(self._fd, self._events, self._readable, self._fin_late)
+                return await self._done
+            else:
+                self._timer = self._loop.call_at(deadline, self._expire)
                 self._send(self._request)
             self._poller.watch(self._fd, self._events, self._readable)
             return await self._done
@@ -160,7 +238,8 @@ class Exchange:
             self._close()
 
     def _fin_late(self) -> None:
-        """No FIN yet (see FIN_WAIT): read the answer as it comes, until the deadline."""
+        """No FIN by the gathering (see GATHER): read the answer as it comes, until the
+        deadline."""
         self._events = select.EPOLLIN
         self._timer = self._loop.call_at(self._deadline, self._expire)
         self._readable()

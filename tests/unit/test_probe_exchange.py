@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from nodelet.probe.exchange import Exchange
+from nodelet.probe.exchange import GATHER, Exchange, _poller
 from nodelet.probe.httpresponse import BodyError, Response
 
 pytestmark = pytest.mark.unit
@@ -72,6 +72,36 @@ async def test_a_reset_in_the_body_is_a_body_error() -> None:
     theirs.close()  # an RST
     with pytest.raises(BodyError):
         await run
+
+
+async def test_a_batch_is_read_at_one_gathering_and_the_poller_goes_idle() -> None:
+    """Answers that came (FIN included) before the gathering are all read when it comes; then
+    the poller keeps no reader and no timer in the loop."""
+    loop = asyncio.get_running_loop()
+    pairs = [_tcp_pair() for _ in range(3)]
+    for _, theirs in pairs:
+        theirs.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        theirs.close()
+    began = loop.time()
+    runs = [
+        asyncio.ensure_future(Exchange(ours, REQUEST, 1024).run(began + 2)) for ours, _ in pairs
+    ]
+    responses = await asyncio.gather(*runs)
+    assert [r.body for r in responses] == [b"ok"] * 3
+    assert GATHER * 0.9 <= loop.time() - began < 1.0
+    poller = _poller(loop)
+    assert not poller._reading and poller._gather is None and not poller._pending
+    assert loop._selector.get_map().get(poller._fd) is None  # type: ignore[attr-defined]
+
+
+async def test_an_answer_without_fin_is_read_after_the_gathering() -> None:
+    """A server that keeps the connection open: read as it comes once the FIN wait is over."""
+    ours, theirs = _tcp_pair()
+    loop = asyncio.get_running_loop()
+    theirs.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    response = await Exchange(ours, REQUEST, 1024).run(loop.time() + 2)
+    assert response.body == b"ok"
+    theirs.close()
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
