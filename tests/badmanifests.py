@@ -280,7 +280,8 @@ BAD_MANIFESTS: list[BadManifest] = [
     BadManifest("downward-up.yaml", "downwardAPI.items[0].path: must not contain '..'",
                 encoded(pod(volumes=[{"name": "v", "downwardAPI": {"items": [
                     {"path": "../x", "fieldRef": {"fieldPath": "metadata.name"}}]}}]))),
-    BadManifest("host-users.yaml", "unsupported: spec.hostUsers",
-                encoded(pod(hostUsers=False))),
+    BadManifest("host-users-host-network.yaml",
+                "spec.hostNetwork: Forbidden: when `pod.Spec.HostUsers` is false",
+                encoded(pod(hostUsers=False, hostNetwork=True))),
     *HOSTILE,
 ]  # fmt: skip

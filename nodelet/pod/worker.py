@@ -68,7 +68,9 @@ from nodelet.runtime.api import (
     ContainerStartError,
     Runtime,
     SandboxStatus,
+    UserNamespace,
 )
+from nodelet.security import userns
 from nodelet.security.capabilities import status_capabilities
 from nodelet.security.lsm import lsm_refusal
 from nodelet.security.sysctls import check_sysctls
@@ -90,6 +92,7 @@ USAGE_CHECK_SECONDS = 10.0
 SYSCTL_FORBIDDEN = "SysctlForbidden"
 APPARMOR_REFUSED = "AppArmor"
 HOST_PORT_UNAVAILABLE = "HostPortUnavailable"
+USERNS_UNSUPPORTED = "UserNamespacesUnsupported"
 
 
 def _sysctl_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
@@ -115,8 +118,19 @@ def _host_port_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] |
             "--network-plugin=none")  # fmt: skip
 
 
+def _userns_refusal(pod: StaticPod, _config: AgentConfig) -> tuple[str, str] | None:
+    """``hostUsers: false`` on a kernel without user namespaces: refused, never run in the
+    host's (kubelet fails the sandbox: the runtime does not support user namespaces)."""
+    if not userns.wants_user_namespace(pod.spec):
+        return None
+    message = userns.kernel_refusal()
+    return (USERNS_UNSUPPORTED, message) if message else None
+
+
 AdmissionCheck = Callable[[StaticPod, AgentConfig], "tuple[str, str] | None"]
-ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (_sysctl_refusal, _lsm_refusal, _host_port_refusal)
+ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (
+    _sysctl_refusal, _lsm_refusal, _host_port_refusal, _userns_refusal,
+)  # fmt: skip
 """Each returns (reason, message) when the node must refuse the pod, else None."""
 
 
@@ -525,7 +539,12 @@ class PodWorker:
         pod, config = self.pod, self._ctx.config
         retention.mark(pod_log_dir(config.pod_logs_dir, pod))
         log.info("creating sandbox %s", describe(pod))
-        sandbox = sandbox_config(pod, self._ctx.node_hostname)
+        user_namespace = None
+        if userns.wants_user_namespace(pod.spec):
+            user_namespace = await asyncio.to_thread(
+                userns.get_or_create, config.pods_state_dir, config.user_namespaces_range, pod.uid
+            )
+        sandbox = sandbox_config(pod, self._ctx.node_hostname, user_namespace)
         driver = self._ctx.cgroups
         if driver is not None:
             limits = pod_limits(pod.spec, config.pod_pids_limit)
@@ -742,7 +761,17 @@ class PodWorker:
             volume_paths=self._volume_paths,
             security=node_security(config),
             hosts_file=str(self._hosts_path()) if self._network_holder is not None else None,
+            user_namespace=self._user_namespace(),
         )
+
+    def _user_namespace(self) -> UserNamespace | None:
+        """The block recorded when the sandbox was made (kept across agent restarts)."""
+        if not userns.wants_user_namespace(self.pod.spec):
+            return None
+        try:
+            return userns.read(self._ctx.config.pods_state_dir, self.uid)
+        except userns.UsernsError as err:
+            raise ContainerConfigError(str(err)) from None
 
     def _container_spec(self, start: StartAction) -> dict[str, Any]:
         key = "initContainers" if start.init else "containers"

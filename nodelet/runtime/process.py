@@ -278,7 +278,7 @@ class ProcessRuntime:
         try:
             client = await self._client(pod)
             holder_version = int(client.hello.get("version") or 1)
-            if holder_version < 3 and protocol.needs_version_3(spec):
+            if holder_version < protocol.required_version(spec):
                 # Fail closed: an older holder would start it without its securityContext.
                 raise ContainerStartError(
                     protocol.SETUP_ERROR,

@@ -333,14 +333,13 @@ def test_a_non_default_value_of_a_defaulted_field_is_refused() -> None:
             "spec.containers[0].securityContext.procMount",
             "`hostUsers` must be false to use `Unmasked`",
         )
-    ]  # the API server's rule; hostUsers: false itself is refused (no user namespaces)
+    ]  # the API server's rule
     assert [f for f, _ in policy(with_container(stdin=True))] == ["spec.containers[0].stdin"]
 
 
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
-        ({"hostUsers": False}, "a user namespace is asked for and none is created"),
         (
             {"volumes": [{"name": "v", "emptyDir": {"medium": "HugePages-2Mi"}}]},
             "nodelet has no hugepages: the volume would be on disk, not on hugetlbfs",
