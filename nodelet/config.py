@@ -128,6 +128,13 @@ class AgentConfig:
     """The nftables table the built-in network owns (NAT for hostPorts and egress)."""
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+    resolv_conf: str = "/etc/resolv.conf"
+    """kubelet's ``--resolv-conf``: the node's resolver file pods' resolv.conf starts from;
+    empty for none (``Default`` pods then ask 127.0.0.1)."""
+    cluster_dns: tuple[str, ...] = ()
+    """kubelet's ``--cluster-dns``: the nameservers of ``ClusterFirst`` pods."""
+    cluster_domain: str = ""
+    """kubelet's ``--cluster-domain``: search domains of ``ClusterFirst`` pods, pod FQDNs."""
 
     @property
     def effective_authorization_mode(self) -> str:

@@ -501,6 +501,20 @@ def _backoff_max(key: str, value: Any) -> float | None:
     return seconds
 
 
+def _ips(key: str, value: Any) -> tuple[str, ...] | None:
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return tuple(value) or None
+
+
+def _resolv_conf(key: str, value: Any) -> str:
+    """Kept even when empty: kubelet's ``resolvConf`` is a pointer, and "" means no file."""
+    return str(value)
+
+
 Convert = Callable[[str, Any], Any]
 
 
@@ -537,6 +551,9 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "containerLogMaxSize": ("container_log_max_size", _log_max_size),
     "containerLogMaxFiles": ("container_log_max_files", _log_max_files),
     "podCIDR": ("pod_cidr", _pod_cidr),
+    "resolvConf": ("resolv_conf", _resolv_conf),
+    "clusterDNS": ("cluster_dns", _ips),
+    "clusterDomain": ("cluster_domain", _text),
 }
 """kubelet key -> (AgentConfig field, converter). A converter returns None for kubelet's
 "unset" (the field keeps nodelet's default) and raises ValueError for a value nodelet refuses.
@@ -763,6 +780,9 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             # Only when set: a printed default would read back as explicit, and an explicit
             # CIDR is never replaced by the Node's spec.podCIDR.
             **_set("podCIDR", config.pod_cidr if config.pod_cidr_explicit else None),
+            "resolvConf": config.resolv_conf,
+            "clusterDNS": list(config.cluster_dns),
+            "clusterDomain": config.cluster_domain,
             "containerLogMaxSize": _size(config.container_log_max_size),
             "containerLogMaxFiles": config.container_log_max_files,
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},

@@ -189,6 +189,23 @@ def add_run_arguments(sub: Any) -> None:
         metavar="DIR,...",
         help="CNI plugin dirs (default: /opt/cni/bin,/usr/lib/cni)",
     )
+    dns = run.add_argument_group("pod DNS (kubelet's flags)")
+    dns.add_argument(
+        "--resolv-conf",
+        metavar="FILE",
+        help="resolver file pods' resolv.conf starts from; '' for none "
+        f"(default: {AgentConfig.resolv_conf})",
+    )
+    dns.add_argument(
+        "--cluster-dns",
+        type=ip_list,
+        metavar="IP,...",
+        help="nameservers for ClusterFirst pods (default: none: they fall back to Default)",
+    )
+    dns.add_argument(
+        "--cluster-domain",
+        help="cluster's DNS domain: ClusterFirst pods search it (default: none)",
+    )
     run.add_argument(
         "--container-log-max-size",
         type=log_max_size,
@@ -382,6 +399,16 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def ip_list(text: str) -> tuple[str, ...]:
+    items = comma_list(text)
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not an IP address") from None
+    return items
+
+
 def manifest_url(text: str) -> str:
     if why := manifest_url_problem(text):
         raise argparse.ArgumentTypeError(why)
@@ -447,6 +474,9 @@ _FLAG_FIELDS = {
     "pod_bridge": "pod_bridge",
     "pod_cidr_routes": "pod_cidr_routes",
     "network_table": "network_table",
+    "resolv_conf": "resolv_conf",
+    "cluster_dns": "cluster_dns",
+    "cluster_domain": "cluster_domain",
 }
 """Flag dest -> AgentConfig field, for flags whose value is taken as it is."""
 _FLAG_PATHS = {

@@ -47,10 +47,11 @@ spec:
 
 def kubeadm_config(agent: Agent) -> Path:
     """kubeadm's file with this test's manifest dir and healthz port (kubeadm writes the
-    node's real ones), and nothing else changed."""
+    node's real ones) and this node's resolver file, and nothing else changed."""
     document = yaml.safe_load(KUBEADM.read_text())
     document["staticPodPath"] = str(agent.manifests)
     document["healthzPort"] = agent.port
+    document["resolvConf"] = "/etc/resolv.conf"  # kubeadm's systemd-resolved file is absent here
     path = agent.base / "kubelet-config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -75,9 +76,10 @@ def test_agent_runs_a_pod_from_kubeadms_config_file() -> None:
         agent.write_manifest("sleeper.yaml", SLEEPER.format(name="sleeper"))
         wait_for(lambda: agent.running("sleeper"), 30, "sleeper running")
         log = agent.output.read_text()
-        for key in ("cgroupDriver", "clusterDNS", "rotateCertificates"):
+        for key in ("cgroupDriver", "rotateCertificates"):
             assert log.count(f"{config}: {key}: kubelet setting not implemented") == 1, key
-        assert "staticPodPath: kubelet setting not implemented" not in log
+        for key in ("staticPodPath", "clusterDNS", "clusterDomain", "resolvConf"):
+            assert f"{key}: kubelet setting not implemented" not in log, key
 
 
 def test_print_config_shows_the_effective_settings_and_exits(tmp_path: Path) -> None:

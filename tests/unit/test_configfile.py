@@ -23,8 +23,6 @@ pytestmark = pytest.mark.unit
 KUBEADM = Path(__file__).parent.parent / "data" / "kubeadm-kubelet-config.yaml"
 UNIMPLEMENTED_IN_KUBEADM = {
     "cgroupDriver",
-    "clusterDNS",
-    "clusterDomain",
     "containerRuntimeEndpoint",
     "cpuManagerReconcilePeriod",
     "evictionPressureTransitionPeriod",
@@ -32,7 +30,6 @@ UNIMPLEMENTED_IN_KUBEADM = {
     "imageMinimumGCAge",
     "logging",
     "memorySwap",
-    "resolvConf",
     "rotateCertificates",
     "runtimeRequestTimeout",
     "shutdownGracePeriod",
@@ -67,6 +64,10 @@ def test_kubeadm_file_loads_with_kubelet_defaulting_of_zero_values() -> None:
         "authentication_token_webhook": True,
         "authorization_mode": "Webhook",
         "client_ca_file": Path("/etc/kubernetes/pki/ca.crt"),
+        # kubeadm's pod DNS: the cluster's DNS service, domain, and systemd-resolved's file.
+        "cluster_dns": ("10.96.0.10",),
+        "cluster_domain": "cluster.local",
+        "resolv_conf": "/run/systemd/resolve/resolv.conf",
     }
     config = config_from(["--config", str(KUBEADM)])
     # kubeadm writes 0s: kubelet's defaulting turns that into its defaults.
@@ -109,6 +110,7 @@ def test_the_schema_knows_every_key_kubeadm_writes() -> None:
         ("registerNode: yes please\n", "registerNode: expected true or false, got a string"),
         ("kubeAPIQPS: 0\n", "kubeAPIQPS: 0 is not supported"),
         ("clusterDNS: 10.96.0.10\n", "clusterDNS: expected a list, got a string"),
+        ("clusterDNS: [kube-dns]\n", "clusterDNS: 'kube-dns' is not an IP address"),
         ("healthzBindAddress: 0.0.0.0\n", "healthzBindAddress: '0.0.0.0' is not supported"),
         ("staticPodPath: manifests\n", "staticPodPath: 'manifests' must be an absolute path"),
         ("containerLogMaxSize: lots\n", "containerLogMaxSize: 'lots' is not a size"),
@@ -273,3 +275,28 @@ def test_go_durations() -> None:
     for bad in ("20x", "20", "", "s", "1m30", "--1s"):
         with pytest.raises(ValueError):
             go_duration(bad)
+
+
+def test_pod_dns_settings_come_from_the_file_and_flags_win(tmp_path: Path) -> None:
+    path = kubelet_file(
+        tmp_path, "clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\nresolvConf: ''\n"
+    )
+    config = config_from(["--config", str(path)])
+    assert config.cluster_dns == ("10.96.0.10",)
+    assert config.cluster_domain == "cluster.local"
+    assert config.resolv_conf == ""  # kubelet's pointer: "" is no file, not unset
+    flags = [
+        "--cluster-dns",
+        "10.0.0.10,fd00::a",
+        "--resolv-conf",
+        "/tmp/r",
+        "--cluster-domain",
+        "k",
+    ]
+    config = config_from(["--config", str(path), *flags])
+    assert (config.cluster_dns, config.resolv_conf, config.cluster_domain) == (
+        ("10.0.0.10", "fd00::a"), "/tmp/r", "k",
+    )  # fmt: skip
+    assert config_from([]).resolv_conf == "/etc/resolv.conf"  # kubelet's default
+    with pytest.raises(SystemExit):
+        config_from(["--cluster-dns", "kube-dns"])
