@@ -58,7 +58,8 @@ def store_image(
     workers: int = 3,
     progress: Progress | None = None,
 ) -> ImageRecord:
-    """Fetch, verify, unpack and name one image. Call under ``store.writer()``."""
+    """Fetch, verify, unpack and name one image. Call under ``store.writer()`` or
+    ``store.puller()``."""
     manifest_desc = resolve_manifest(store, fetch, top, want or mf.host_platform())
     data = store.read_blob(manifest_desc.digest)
     manifest = mf.parse_manifest(data, manifest_desc.digest)

@@ -3,7 +3,9 @@ index of names.
 
 Layout::
 
-    images/lock                     flock: one writer at a time (CLI or agent)
+    images/lock                     flock: exclusive for the CLI's writers (import, rm, prune),
+                                    shared for the agent's pulls, which run side by side
+    images/index.lock               flock held only while index.json is read and replaced
     images/index.json               {"images": {name: record}}, replaced atomically
     images/blobs/sha256/<hex>       manifests, configs, layer blobs; verified before rename
     images/layers/<diff id hex>/    one unpacked layer (overlay lowerdir form), shared
@@ -12,7 +14,10 @@ Layout::
 Trust rule: a path under ``blobs/`` or ``layers/`` exists only once its content was verified
 against its digest and fsync'd (a file: fsync then rename; a layer dir: syncfs then rename), and
 a name enters the index only once every blob and layer of its image is in place. So a kill at
-any point leaves only ``tmp/`` debris, which the next writer clears. Layers are keyed by diff
+any point leaves only ``tmp/`` debris, which the next exclusive writer clears. Writers that
+share the lock (pulls of different images) never collide: temp names are unique, a blob renamed
+over an equal one changes nothing, and a layer dir another pull renamed in first wins (the
+loser's copy is dropped). Layers are keyed by diff
 id, not chain id: an overlay lowerdir holds one layer's diff, which does not depend on the
 layers below it, so any two images with the same diff share the dir.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import hashlib
 import io
@@ -105,27 +111,57 @@ class ImageStore:
         self.tmp = self.base / "tmp"
         self.index_path = self.base / "index.json"
         self.lock_path = self.base / "lock"
+        self.index_lock_path = self.base / "index.lock"
 
     # -- locking -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def writer(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """Hold the store's writer lock; ``on_wait`` is told when another writer has it.
+        """Hold the store's writer lock alone; ``on_wait`` is told when someone else has it.
 
         Taking it clears ``tmp/``: no live writer is using it then.
         """
-        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path in (self.blobs, self.layers, self.tmp):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._lock(self.lock_path, fcntl.LOCK_EX, on_wait):
             self._clear_tmp()
+            yield
+
+    @contextlib.contextmanager
+    def puller(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the writer lock shared with other pulls (the agent's: one image's pull must
+        not wait for another's). An exclusive writer (``prune`` above all, which would remove
+        blobs not named yet) waits until no pull holds it. ``tmp/`` is not cleared here: a
+        sibling's writes are in it."""
+        with self._lock(self.lock_path, fcntl.LOCK_SH, on_wait):
+            yield
+
+    def try_clear_tmp(self) -> bool:
+        """Clear ``tmp/`` debris now if no writer holds the lock (an agent at start); False
+        when one does (it, or the next exclusive writer, clears it)."""
+        try:
+            with self._lock(self.lock_path, fcntl.LOCK_EX | fcntl.LOCK_NB, None):
+                self._clear_tmp()
+                return True
+        except BlockingIOError:
+            return False
+
+    @contextlib.contextmanager
+    def _lock(self, path: Path, mode: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
+        """flock ``path``; every open is its own lock, so threads of one process exclude each
+        other as processes do."""
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for sub in (self.blobs, self.layers, self.tmp):
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if mode & fcntl.LOCK_NB:
+                fcntl.flock(fd, mode)
+            else:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                    fcntl.flock(fd, mode)
             yield
         finally:
             os.close(fd)
@@ -219,9 +255,17 @@ class ImageStore:
             with open(self.blob_path(blob_digest), "rb") as blob:
                 unpack_layer(blob, str(work), diff_id)
             _syncfs(work)
-            os.rename(work, final)
+            try:
+                os.rename(work, final)
+            except OSError as error:
+                # A sibling pull (another image, same diff) renamed its copy in first.
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+                    raise
+                _remove_tree(work)
+                return final
         except BaseException:
-            _remove_tree(work)
+            if work.exists():
+                _remove_tree(work)
             raise
         _fsync_dir(self.layers)
         return final
@@ -253,7 +297,8 @@ class ImageStore:
     def commit_image(self, names: list[str], digest: str, manifest_digest: str) -> ImageRecord:
         """Name an image whose manifest, config and unpacked layers are all stored (checked
         here, so a name never points at an incomplete image). A layer's blob may be absent when
-        another image brought the same diff in another compression. Under ``writer()``."""
+        another image brought the same diff in another compression. Under ``writer()`` or
+        ``puller()``; the index itself is read and replaced under its own short lock."""
         manifest = mf.parse_manifest(self.read_blob(manifest_digest), manifest_digest)
         config = mf.parse_config(self.read_blob(manifest.config.digest), manifest.config.digest)
         if len(config.diff_ids) != len(manifest.layers):
@@ -264,12 +309,13 @@ class ImageStore:
         for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
             if not self.layer_dir(diff_id).is_dir():
                 raise ImageStoreError(f"image {manifest_digest}: layer {layer.digest} missing")
-        records = self.records()
         now = time.time()
         record = ImageRecord("", digest, manifest_digest, manifest.config.digest, now)
-        for name in names:
-            records[name] = ImageRecord(name, digest, manifest_digest, record.config, now)
-        self._write_index(records)
+        with self._lock(self.index_lock_path, fcntl.LOCK_EX, None):
+            records = self.records()
+            for name in names:
+                records[name] = ImageRecord(name, digest, manifest_digest, record.config, now)
+            self._write_index(records)
         return record
 
     def resolve(self, text: str) -> list[ImageRecord]:
@@ -291,10 +337,11 @@ class ImageStore:
 
     def remove(self, names: list[str]) -> None:
         """Untag ``names``; their content goes with the next ``prune``. Under ``writer()``."""
-        records = self.records()
-        for name in names:
-            records.pop(name, None)
-        self._write_index(records)
+        with self._lock(self.index_lock_path, fcntl.LOCK_EX, None):
+            records = self.records()
+            for name in names:
+                records.pop(name, None)
+            self._write_index(records)
 
     def referenced(self) -> tuple[set[str], set[str]]:
         """Blob digests and layer diff ids that some name needs."""
