@@ -49,18 +49,18 @@ from collections.abc import Callable, Iterable
 from nodelet.holder import linux, protocol
 
 _SYS_OPEN_TREE = 428
-_SYS_MOVE_MOUNT = 429
+SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
 
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
 _MOUNT_ATTR_IDMAP = 0x00100000
-_RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 
 MS_SLAVE = 1 << 19
@@ -114,8 +114,8 @@ def open_tree(dirfd: int, path: str, flags: int) -> int:
 
 
 def move_mount(tree: int, target: str) -> None:
-    args = (ctypes.c_int(tree), b"", ctypes.c_int(_AT_FDCWD), os.fsencode(target))
-    _syscall(_SYS_MOVE_MOUNT, target, *args, ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH))
+    args = (ctypes.c_int(tree), b"", ctypes.c_int(AT_FDCWD), os.fsencode(target))
+    _syscall(SYS_MOVE_MOUNT, target, *args, ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
 
 
 def mount_setattr(
@@ -152,24 +152,24 @@ def apply(spec: protocol.ContainerSpec, userns_fd: int | None = None) -> None:
     trees: list[int] = []
     try:
         for mount in mounts:
-            trees.append(_clone_volume(mount, userns_fd))
-        _step("cannot create the container's mount namespace", _private_namespace)
+            trees.append(clone_volume(mount, userns_fd))
+        step("cannot create the container's mount namespace", _private_namespace)
         if not privileged:
-            _step("cannot make /sys read-only", _read_only, "/sys")
+            step("cannot make /sys read-only", _read_only, "/sys")
         if read_only_root:
-            _step("cannot make the root filesystem read-only", _read_only_root)
+            step("cannot make the root filesystem read-only", _read_only_root)
         for mount, tree in zip(mounts, trees, strict=True):
             target = mount["target"]
-            _step(f"cannot mount the volume at {target}", move_mount, tree, target)
+            step(f"cannot mount the volume at {target}", move_mount, tree, target)
         for path in readonly:
-            _step(f"cannot make {path} read-only", _readonly_path, path)
-        _mask(masked)
+            step(f"cannot make {path} read-only", readonly_path, path)
+        mask(masked)
     finally:
         for tree in trees:
             os.close(tree)
 
 
-def _step(what: str, action: Callable[..., object], *args: object) -> None:
+def step(what: str, action: Callable[..., object], *args: object) -> None:
     """Run one mount step; an OSError becomes a MountError that says which step and why."""
     try:
         action(*args)
@@ -183,7 +183,7 @@ def _private_namespace() -> None:
 
 
 def _read_only(path: str) -> None:
-    mount_setattr(_AT_FDCWD, path, _AT_RECURSIVE, set_=_MOUNT_ATTR_RDONLY)
+    mount_setattr(AT_FDCWD, path, AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY)
 
 
 def _read_only_root() -> None:
@@ -200,24 +200,24 @@ def _read_only_root() -> None:
             continue  # hidden below another mount: nothing reaches it
         try:
             if mount_id_of(fd) == mount_id:
-                mount_setattr(fd, "", _AT_EMPTY_PATH, clear=_MOUNT_ATTR_RDONLY)
+                mount_setattr(fd, "", AT_EMPTY_PATH, clear=MOUNT_ATTR_RDONLY)
         finally:
             os.close(fd)
 
 
-def _readonly_path(path: str) -> None:
+def readonly_path(path: str) -> None:
     try:
-        tree = open_tree(_AT_FDCWD, path, _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE)
+        tree = open_tree(AT_FDCWD, path, _OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE)
     except FileNotFoundError:
         return
     try:
-        mount_setattr(tree, "", _AT_EMPTY_PATH | _AT_RECURSIVE, set_=_MOUNT_ATTR_RDONLY)
+        mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY)
         move_mount(tree, path)
     finally:
         os.close(tree)
 
 
-def _mask(paths: Iterable[str]) -> None:
+def mask(paths: Iterable[str]) -> None:
     paths = list(paths)
     if not paths:
         return
@@ -226,7 +226,7 @@ def _mask(paths: Iterable[str]) -> None:
         if not stat.S_ISCHR(os.fstat(null).st_mode) or os.fstat(null).st_rdev != _NULL_DEVICE:
             raise MountError("cannot mask paths: /dev/null is not the null device")
         for path in paths:
-            _step(f"cannot mask {path}", _mask_one, path, null)
+            step(f"cannot mask {path}", _mask_one, path, null)
     finally:
         os.close(null)
 
@@ -239,18 +239,21 @@ def _mask_one(path: str, null: int) -> None:
     if is_dir:
         linux.mount("tmpfs", path, "tmpfs", linux.MS_RDONLY)
         return
-    tree = open_tree(null, "", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH)
+    tree = open_tree(null, "", _OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH)
     try:
         move_mount(tree, path)
     finally:
         os.close(tree)
 
 
-def _clone_volume(mount: protocol.MountSpec, userns_fd: int | None = None) -> int:
+def clone_volume(
+    mount: protocol.MountSpec, userns_fd: int | None = None, *, on_host: bool = True
+) -> int:
     """A detached copy of the volume (its sub_path), with its final flags and propagation,
-    idmapped with ``userns_fd`` when given."""
+    idmapped with ``userns_fd`` when given. ``on_host``: the target is on the host's own ``/``,
+    where a missing mountPath is never created."""
     target, source = mount["target"], mount["source"]
-    if not os.path.exists(target):
+    if on_host and not os.path.exists(target):
         raise MountError(
             f"mountPath {target} does not exist on the host; it is not created there "
             "(filesystem isolation is not implemented yet)"
@@ -261,7 +264,7 @@ def _clone_volume(mount: protocol.MountSpec, userns_fd: int | None = None) -> in
     fd = _open_source(mount)
     try:
         _check_propagation(fd, source, propagation)
-        flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | _AT_RECURSIVE
+        flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE
         tree = open_tree(fd, "", flags)
     except OSError as err:
         raise MountError(f"cannot mount {source} at {target}: {err.strerror}") from None
@@ -271,8 +274,8 @@ def _clone_volume(mount: protocol.MountSpec, userns_fd: int | None = None) -> in
         mount_setattr(
             tree,
             "",
-            _AT_EMPTY_PATH | _AT_RECURSIVE,
-            set_=_MOUNT_ATTR_RDONLY if mount["read_only"] else 0,
+            AT_EMPTY_PATH | AT_RECURSIVE,
+            set_=MOUNT_ATTR_RDONLY if mount["read_only"] else 0,
             propagation=_PROPAGATION[propagation],
         )
     except OSError as err:
@@ -289,7 +292,7 @@ def _idmap(tree: int, source: str, target: str, userns_fd: int) -> None:
     the volume's own mount, as runc's ``idmap`` option (not ``ridmap``). A filesystem that
     cannot be idmapped fails the start, as the KEP asks, instead of showing unmapped ids."""
     try:
-        mount_setattr(tree, "", _AT_EMPTY_PATH, set_=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        mount_setattr(tree, "", AT_EMPTY_PATH, set_=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
     except OSError as err:
         os.close(tree)
         raise MountError(
@@ -336,7 +339,7 @@ def _subpath_error(sub_path: str, source: str, err: OSError) -> str:
 
 
 def _beneath(base: int, path: str, flags: int = os.O_PATH) -> int:
-    resolve = _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS
+    resolve = _RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
     return openat2(base, path, flags | os.O_CLOEXEC, resolve)
 
 

@@ -11,12 +11,13 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
 
-VERSION = 4
+VERSION = 5
 """2: journal records carry a CRC32 and start on a fresh line; hello carries pending exits.
 3: spawn applies capabilities, seccomp, masked and read-only paths, a read-only root, subPath and
 mount propagation (``SECURITY_KEYS``); sandboxes get sysctls.
 4: sandboxes may own a user namespace and spawn joins it, with idmapped volumes
-(``user_namespace``)."""
+(``user_namespace``).
+5: a container may run in its image's root filesystem (``rootfs``)."""
 SOCKET_NAME = "holder.sock"
 JOURNAL_NAME = "journal.jsonl"
 POD_RECORD_NAME = "pod.json"
@@ -49,6 +50,21 @@ class UserNamespaceSpec(TypedDict):
 
     uid_map: list[list[int]]
     gid_map: list[list[int]]
+
+
+class RootfsSpec(TypedDict):
+    """A non-host image's root: an overlay mounted at ``merged``, the sibling of ``upper``."""
+
+    lower: list[str]
+    """The image's unpacked layer dirs, top layer first (overlayfs's lowerdir order)."""
+    upper: str
+    work: str
+    """Both under the pod's state dir (removed with the pod); created by the holder."""
+    shm: NotRequired[str]
+    """A host dir bound at ``/dev/shm``: the pod's (shared by its containers), or the host's
+    ``/dev/shm`` for hostIPC."""
+    shm_tmpfs: NotRequired[bool]
+    """Mount the pod's tmpfs at ``shm`` first, unless an earlier container did."""
 
 
 class CapabilitySpec(TypedDict):
@@ -112,6 +128,9 @@ class ContainerSpec(TypedDict):
     user_namespace: NotRequired[UserNamespaceSpec]
     """Join the pod's user namespace (it must have these maps) before the identity switch, and
     idmap every volume with it. Only for a version-4 holder (``required_version``)."""
+    rootfs: NotRequired[RootfsSpec]
+    """Run in the image's root instead of the host's ``/``: mountPaths and workingDir are made
+    in its upper dir. Only for a version-5 holder."""
 
 
 SECURITY_KEYS = ("capabilities", "seccomp_bpf", "read_only_root", "masked_paths", "readonly_paths")
@@ -129,6 +148,8 @@ def needs_version_3(spec: ContainerSpec) -> bool:
 def required_version(spec: ContainerSpec) -> int:
     """The oldest holder version that applies all of ``spec``: an older one would ignore a
     field and run the container with more privilege than asked, so it is never sent there."""
+    if "rootfs" in spec:
+        return 5
     if "user_namespace" in spec:
         return 4
     return 3 if needs_version_3(spec) else 1

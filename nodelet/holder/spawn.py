@@ -1,8 +1,9 @@
 """What runs in a container's process between fork and exec: apply the prepared spec, exec.
 
 The order is runc's standard init (``standard_init_linux.go``, ``finalizeNamespace``): session
-and stdio, cgroups, the mount namespace (``mounts.apply``, volumes idmapped for a pod with a
-user namespace); the pod's user namespace (``userns.join``: made with its maps before anything
+and stdio, cgroups, the mount namespace (``mounts.apply`` on the host's ``/``, volumes
+idmapped for a pod with a user namespace; ``rootfs.apply`` for a non-host image: its own root,
+pivoted into); the pod's user namespace (``userns.join``: made with its maps before anything
 ran in it, joined here after the mounts that need the host's root and before everything whose
 effect should be inside it); the seccomp filter while
 CAP_SYS_ADMIN is still held when the container has no no_new_privs; the bounding set; the user
@@ -26,7 +27,7 @@ import stat
 from collections.abc import Callable
 from typing import NoReturn, NotRequired, TypedDict
 
-from nodelet.holder import capabilities, linux, mounts, protocol, seccomp, userns
+from nodelet.holder import capabilities, linux, mounts, protocol, rootfs, seccomp, userns
 
 
 class SetupError(Exception):
@@ -66,6 +67,24 @@ def _working_dir(path: str, volumes: list[protocol.MountSpec]) -> None:
         path = os.path.join(real, os.path.relpath(wanted, existing))
         os.makedirs(path, exist_ok=True)
     os.chdir(path)
+
+
+def _chdir(path: str) -> None:
+    """Into a workingDir ``rootfs.apply`` made (as root): the user may still be refused."""
+    try:
+        os.chdir(path)
+    except OSError as err:
+        raise SetupError(
+            f"chdir to cwd ({path!r}) set in config.json failed: {err.strerror}"
+        ) from None
+
+
+def _enter_working_dir(spec: protocol.ContainerSpec) -> None:
+    path = spec["working_dir"]
+    if "rootfs" in spec:
+        _chdir(path or "/")
+    elif path:
+        _working_dir(path, spec["mounts"])
 
 
 def _stdio_owner(uid: int) -> None:
@@ -204,17 +223,17 @@ def run(spec: protocol.ContainerSpec, stdout_w: int, stderr_w: int, status_w: in
         user_namespace = spec.get("user_namespace")
         userns_fd = _pod_userns() if user_namespace is not None else None
         try:
-            mounts.apply(spec, userns_fd)
+            if "rootfs" in spec:
+                rootfs.apply(spec, userns_fd)
+            else:
+                mounts.apply(spec, userns_fd)
         except mounts.MountError as err:
             raise SetupError(str(err)) from None
         if user_namespace is not None and userns_fd is not None:
             _join_userns(spec, user_namespace, userns_fd)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
-        working_dir = spec["working_dir"]
-        apply_process_security(
-            spec, lambda: _working_dir(working_dir, spec["mounts"]) if working_dir else None
-        )
+        apply_process_security(spec, lambda: _enter_working_dir(spec))
         try:
             os.execvpe(argv[0], argv, dict(spec["env"]))
         except OSError as err:
