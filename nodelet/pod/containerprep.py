@@ -63,6 +63,10 @@ class PodContext:
     security: NodeSecurity = NodeSecurity()
     hosts_file: str | None = None
     """The pod's managed ``/etc/hosts`` (with its IP), mounted into every container."""
+    hostname_file: str | None = None
+    """The pod's ``/etc/hostname``, mounted as containerd does (read-only with the root)."""
+    resolv_conf_file: str | None = None
+    """The pod's ``/etc/resolv.conf`` (``nodelet.pod.dns``), mounted as containerd does."""
     user_namespace: UserNamespace | None = None
     """The pod's user namespace (``hostUsers: false``), as allocated for its sandbox."""
 
@@ -189,8 +193,7 @@ def build_container_config(
         security.privileged, sc.get("procMount") or "Default"
     )
     mounts = [_mount(ctx, name, mount, env) for mount in container.get("volumeMounts") or []]
-    if ctx.hosts_file and not any(m.target == "/etc/hosts" for m in mounts):
-        mounts.insert(0, Mount(ctx.hosts_file, "/etc/hosts"))  # first: a volume may cover /etc
+    mounts[:0] = _managed_file_mounts(ctx, mounts, security.read_only_root)
     lifecycle = container.get("lifecycle") or {}
     try:
         pre_stop = None
@@ -222,6 +225,24 @@ def build_container_config(
         readonly_paths=readonly,
         user_namespace=ctx.user_namespace,
     )
+
+
+def _managed_file_mounts(ctx: PodContext, mounts: list[Mount], read_only_root: bool) -> list[Mount]:
+    """The pod's ``/etc/hostname``, ``/etc/hosts`` and ``/etc/resolv.conf``, each unless the
+    container mounts something there itself. ``/etc/hosts`` is kubelet's mount, always
+    read-write; containerd makes the other two read-only with a read-only root. They go first,
+    so a volume the container mounts over ``/etc`` covers them."""
+    taken = {m.target for m in mounts}
+    managed = (
+        (ctx.hostname_file, "/etc/hostname", read_only_root),
+        (ctx.hosts_file, "/etc/hosts", False),
+        (ctx.resolv_conf_file, "/etc/resolv.conf", read_only_root),
+    )
+    return [
+        Mount(source, target, read_only=read_only)
+        for source, target, read_only in managed
+        if source and target not in taken
+    ]
 
 
 def _mount(ctx: PodContext, name: str, mount: Mapping[str, Any], env: Mapping[str, str]) -> Mount:
