@@ -22,6 +22,7 @@ class ClientStream:
         self.replied = asyncio.Event()
         self.reset = False
         self._data: asyncio.Queue[bytes] = asyncio.Queue()
+        self.received: list[bytes] = []
 
     async def write(self, data: bytes) -> None:
         for start in range(0, len(data), 1 << 16):
@@ -35,10 +36,10 @@ class ClientStream:
         return await self._data.get()
 
     async def read_all(self) -> bytes:
-        chunks = []
+        """Everything up to the end (``received`` holds what came, should it never end)."""
         while chunk := await self.read():
-            chunks.append(chunk)
-        return b"".join(chunks)
+            self.received.append(chunk)
+        return b"".join(self.received)
 
 
 class SpdyClient:
@@ -59,7 +60,7 @@ class SpdyClient:
         protocols: list[str],
         context: ssl.SSLContext | None = None,
     ) -> SpdyClient:
-        """Upgrade ``path`` (a POST, as kubectl's exec); raises ``UpgradeRefused`` with the
+        """Upgrade ``path`` (a POST, as kubectl's exec); raises ``UpgradeRefusedError`` with the
         status and body when the server does not answer 101."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: Upgrade",
@@ -76,7 +77,7 @@ class SpdyClient:
         if status != 101:
             body = await reader.read(int(headers.get("content-length", "0") or 0))
             writer.close()
-            raise UpgradeRefused(status, body.decode(errors="replace"), headers)
+            raise UpgradeRefusedError(status, body.decode(errors="replace"), headers)
         client = cls(reader, writer)
         client.headers = headers
         client._task = asyncio.create_task(client._read_loop())
@@ -137,7 +138,7 @@ class SpdyClient:
                 await self._task
 
 
-class UpgradeRefused(Exception):
+class UpgradeRefusedError(Exception):
     def __init__(self, status: int, body: str, headers: dict[str, str]) -> None:
         super().__init__(f"{status}: {body}")
         self.status, self.body, self.headers = status, body, headers
@@ -147,8 +148,8 @@ async def exec_streams(
     client: SpdyClient, stdin: bool, stdout: bool, stderr: bool, tty: bool
 ) -> dict[str, ClientStream]:
     """The streams kubectl's v4 executor opens, in its order (error first)."""
-    kinds = ["error"] + [k for k, on in (("stdin", stdin), ("stdout", stdout),
-                                          ("stderr", stderr and not tty), ("resize", tty)) if on]  # fmt: skip
+    wanted = (("stdin", stdin), ("stdout", stdout), ("stderr", stderr and not tty), ("resize", tty))
+    kinds = ["error"] + [kind for kind, on in wanted if on]
     streams = {}
     for kind in kinds:
         streams[kind] = await client.open({"streamType": kind})

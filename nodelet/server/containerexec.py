@@ -5,9 +5,8 @@ It takes the exec path the agent already has for exec probes: the holder's ``ent
 process spec (``probe.exec.enter_request``: namespaces, cgroups, user, groups, capabilities,
 no_new_privs, seccomp filter, environment and working dir). The request and the failure report
 travel on their own pipes, so stdin/stdout/stderr are the client's alone. With a TTY the
-leader makes the pty its controlling terminal (``TIOCSCTTY``) before ``enter`` runs, so the
-command gets job control and SIGWINCH on a resize. It runs in a session of its own, killed as
-a whole (``killpg``) when the client goes away.
+command makes the pty its controlling terminal in a session of its own, so it gets job
+control and SIGWINCH on a resize. It is killed when the client goes away.
 """
 
 from __future__ import annotations
@@ -36,7 +35,14 @@ _BOOTSTRAP = (
     f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
     "from nodelet.holder import enter; enter.main()"
 )
-_TTY_BOOTSTRAP = "import fcntl, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); " + _BOOTSTRAP
+_TTY_BOOTSTRAP = (
+    "import os, fcntl, termios; os.register_at_fork(after_in_child=lambda: "
+    "(os.setsid(), fcntl.ioctl(0, termios.TIOCSCTTY, 0))); " + _BOOTSTRAP
+)
+"""With a TTY the command (``enter``'s one fork, already in the container's PID namespace)
+starts a session of its own there and takes the pty as its controlling terminal, as
+``runc exec -t`` sets its process up: a shell's job control then sees its own process groups
+(the leader's, in the host's PID namespace, would be invisible to it)."""
 _F_SETPIPE_SZ = 1031
 READ_SIZE = 1 << 16
 
@@ -101,8 +107,16 @@ class ContainerProcess:
         return Outcome(128 - code if code < 0 else code)
 
     def kill(self) -> None:
-        """SIGKILL the session; the leader is not reaped before ``wait``, so its pid (the
-        session id) cannot have been reused."""
+        """SIGKILL the command (the leader's child; with a TTY it has a session of its own),
+        so that the leader reaps it and exits; the leader itself when there is no child yet.
+        The leader is not reaped before ``wait``, so neither pid can have been reused."""
+        if self.proc.returncode is None:
+            for pid in _children(self.pid) or [self.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def kill_all(self) -> None:
+        """The leader's whole session, when it does not end after ``kill``."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -114,6 +128,14 @@ class ContainerProcess:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as file:
+            return [int(word) for word in file.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 async def start(

@@ -188,5 +188,8 @@ class LogAttach:
     def kill(self) -> None:
         self._stop.set()
 
+    def kill_all(self) -> None:
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()

@@ -45,6 +45,7 @@ STREAM_CREATION_TIMEOUT = 30.0
 DRAIN_AFTER_EXIT = 2.0
 """How long output is still copied after the command exited (a background process may hold
 the pipe open for ever)."""
+KILL_GRACE = 2.0
 PROTOCOL_HEADER = "X-Stream-Protocol-Version"
 
 
@@ -102,6 +103,7 @@ class Process(Protocol):
     def resize(self, width: int, height: int) -> None: ...
     async def wait(self) -> Outcome: ...
     def kill(self) -> None: ...
+    def kill_all(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -184,19 +186,28 @@ async def drive(options: Options, start: Starter, ends: Ends) -> None:
     try:
         await asyncio.wait([waiting, gone], return_when=asyncio.FIRST_COMPLETED)
         if not waiting.done():
-            process.kill()
-            await waiting
+            await _stop(process, waiting)
             return
         if outputs:
             await asyncio.wait(outputs, timeout=DRAIN_AFTER_EXIT)
         with contextlib.suppress(ConnectionError):
             await ends.write_status(status_of(options.command, waiting.result()))
     finally:
-        process.kill()
+        if not waiting.done():
+            await _stop(process, waiting)
         for task in [*tasks, *outputs, gone, waiting]:
             task.cancel()
         await asyncio.gather(*tasks, *outputs, gone, waiting, return_exceptions=True)
         process.close()
+
+
+async def _stop(process: Process, waiting: asyncio.Task[Outcome]) -> None:
+    """Kill the command and let its leader reap it; the leader's session if that hangs."""
+    process.kill()
+    await asyncio.wait([waiting], timeout=KILL_GRACE)
+    if not waiting.done():
+        process.kill_all()
+        await asyncio.wait([waiting], timeout=KILL_GRACE)
 
 
 async def _copy_in(read: Callable[[], Awaitable[bytes]], process: Process) -> None:

@@ -471,8 +471,10 @@ async def upgrade(
         if not transport.is_closing():
             transport.write(data)
 
-    session = Session(write, handler._drain_helper, on_stream, handler.pause_reading,
-                      handler.resume_reading)  # fmt: skip
+    # the transport's own pause: aiohttp's would pause its HTTP parser (SPDY is no upgrade
+    # it knows), and nothing in aiohttp resumes a transport it did not pause itself
+    session = Session(write, handler._drain_helper, on_stream, transport.pause_reading,
+                      transport.resume_reading)  # fmt: skip
     handler.keep_alive(False)
     handler.set_parser(session)  # type: ignore[arg-type]  # a payload parser, duck-typed
     return session, response

@@ -14,6 +14,7 @@ import json
 import os
 import ssl
 import struct
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from nodelet.probe.exec import start_time
 from nodelet.server import kubeletstream
 from nodelet.server.kubelet import KubeletServer, KubeletServerSettings
 from tests.agentharness import Agent, free_port, wait_for
-from tests.spdyclient import SpdyClient, UpgradeRefused, exec_streams, status_of
+from tests.spdyclient import SpdyClient, UpgradeRefusedError, exec_streams, status_of
 from tests.system.test_wiring import manifest
 
 pytestmark = pytest.mark.system
@@ -41,8 +42,8 @@ class Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
         self.request.shutdown(socket.SHUT_WR)
 socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.request_queue_size = 256
 server = socketserver.ThreadingTCPServer(("127.0.0.1", {ECHO_PORT}), Echo)
-server.request_queue_size = 256
 print("echo ready", flush=True)
 server.serve_forever()
 """
@@ -87,9 +88,8 @@ class AgentBackend:
 async def server(agent: Agent, tmp_path: Path) -> AsyncIterator[int]:
     settings = KubeletServerSettings("127.0.0.1", free_port(), None, None, None, "VersionTLS12", 0)
     backend = AgentBackend(agent)
-    kubelet = KubeletServer(
-        settings, tmp_path / "pki", "nlt-node", [lambda app: kubeletstream.install(app, backend)], []
-    )
+    installers = [lambda app: kubeletstream.install(app, backend)]
+    kubelet = KubeletServer(settings, tmp_path / "pki", "nlt-node", installers, [])
     await kubelet.start()
     try:
         yield kubelet.port
@@ -124,7 +124,7 @@ def tls() -> ssl.SSLContext:
 
 
 def exec_path(pod: str, container: str, command: list[str], **flags: bool) -> str:
-    query = "&".join(f"command={aiohttp.helpers.quote(c, safe='')}" for c in command)
+    query = "&".join(f"command={urllib.parse.quote(c, safe='')}" for c in command)
     names = {"stdin": "input", "stdout": "output", "stderr": "error", "tty": "tty"}
     query += "".join(f"&{names[k]}=1" for k, on in flags.items() if on)
     return f"/exec/default/{pod}/{container}?{query}"
@@ -184,7 +184,7 @@ async def test_spdy_exec_failures(server: int, pod: str) -> None:
         (exec_path(pod, "echo", ["true"], stdout=True), ["v9.channel.k8s.io"], 403,
          "unable to negotiate protocol"),
     ]:  # fmt: skip
-        with pytest.raises(UpgradeRefused) as refused:
+        with pytest.raises(UpgradeRefusedError) as refused:
             await SpdyClient.connect(server, path, protocols, tls())
         assert (refused.value.status, text in refused.value.body) == (code, True), refused.value
 
@@ -197,13 +197,22 @@ async def test_spdy_exec_tty_and_resize(server: int, pod: str) -> None:
         assert "stderr" not in streams
         await streams["resize"].write(json.dumps({"Width": 123, "Height": 45}).encode())
         await asyncio.sleep(0.3)
-        await streams["stdin"].write(b'[ -t 0 ] && echo IS-""TTY; stty size; exit 5\n')
-        out = (await streams["stdout"].read_all()).decode()
+        await streams["stdin"].write(b'[ -t 0 ] && echo IS-""TTY; stty size\n')
+        await streams["stdin"].write(b"trap 'echo WIN\"\"CH; stty size' WINCH\n")
+        await asyncio.sleep(0.3)
+        await streams["resize"].write(json.dumps({"Width": 100, "Height": 30}).encode())
+        await asyncio.sleep(0.3)
+        await streams["stdin"].write(b"exit 5\n")
+        try:
+            out = (await asyncio.wait_for(streams["stdout"].read_all(), 10)).decode()
+        except TimeoutError:
+            raise AssertionError(b"".join(streams["stdout"].received)) from None
         status = status_of(await streams["error"].read_all())
     finally:
         await client.close()
     assert "IS-TTY" in out and "45 123" in out, out
-    assert status["details"]["causes"][0]["message"] == "5"
+    assert "WINCH" in out and "30 100" in out, out  # SIGWINCH reached the shell
+    assert status["details"]["causes"][0]["message"] == "5", (status, out)
 
 
 async def test_websocket_exec_v5_and_v4(server: int, pod: str) -> None:
