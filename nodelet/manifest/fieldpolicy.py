@@ -103,6 +103,7 @@ _POD: dict[str, Policy] = {
     "spec.hostNetwork": OK, "spec.hostPID": OK, "spec.hostIPC": OK,
     "spec.shareProcessNamespace": OK, "spec.hostname": OK, "spec.subdomain": OK,
     "spec.nodeName": OK, "spec.dnsPolicy": OK, "spec.enableServiceLinks": OK,
+    "spec.dnsConfig": OK, "spec.hostAliases": OK,  # nodelet.pod.dns, nodelet.pod.hostsfile
     "spec.automountServiceAccountToken": OK, "spec.readinessGates": OK, "spec.os": OK,
     "spec.hostUsers": OK,  # false: a user namespace of the pod's own (nodelet.security.userns)
     "spec.securityContext": S, "spec.securityContext.runAsUser": OK,

@@ -39,7 +39,14 @@ FIELD_REFS = re.compile(
     r"|status\.(podIP|podIPs|hostIP|hostIPs)|metadata\.(labels|annotations)\['[^']+'\]"
 )
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
-DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
+DNS_SEARCH = re.compile(
+    r"[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)*"
+)  # fmt: skip
+"""The API server's relaxed search domain (``RelaxedDNSSearchValidation``, GA in 1.34)."""
+MAX_DNS_NAMESERVERS = 3
+MAX_DNS_SEARCH_PATHS = 32
+MAX_DNS_SEARCH_CHARS = 2048
 HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
                    "CharDevice", "BlockDevice")  # fmt: skip
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -232,6 +239,8 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
     for key in ("hostname", "subdomain"):
         if spec.get(key) is not None and (why := dns_label(spec[key])):
             error(f"spec.{key}", why)
+    _dns_config(spec.get("dnsConfig"), dns, error)
+    _host_aliases(spec.get("hostAliases"), error)
     if not host_users:
         _host_users(spec, error)
     if spec.get("hostPID") is True and spec.get("shareProcessNamespace") is True:
@@ -249,6 +258,63 @@ def _spec(spec: dict[str, Any], error: ErrorSink) -> None:
         number = _int(group)
         if number is not None and not 0 <= number <= MAX_ID:
             error(f"spec.securityContext.supplementalGroups[{index}]", "must be 0..2147483647")
+
+
+def _dns_config(config: Any, policy: Any, error: ErrorSink) -> None:
+    """The API server's ``validatePodDNSConfig``: ``None`` needs a nameserver; libc's limits."""
+    path = "spec.dnsConfig"
+    if policy == "None":
+        if not isinstance(config, dict):
+            error(path, "Required value: must provide `dnsConfig` when `dnsPolicy` is None")
+            return
+        if not config.get("nameservers"):
+            error(
+                f"{path}.nameservers",
+                "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+            )
+            return
+    if not isinstance(config, dict):
+        return
+    servers = config.get("nameservers")
+    servers = servers if isinstance(servers, list) else []
+    if len(servers) > MAX_DNS_NAMESERVERS:
+        error(f"{path}.nameservers", f"must not have more than {MAX_DNS_NAMESERVERS} nameservers")
+    for index, server in enumerate(servers):
+        if not _is_ip(server):
+            error(f"{path}.nameservers[{index}]", "must be a valid IP address")
+    searches = config.get("searches")
+    searches = [s for s in searches if isinstance(s, str)] if isinstance(searches, list) else []
+    if len(searches) > MAX_DNS_SEARCH_PATHS:
+        error(f"{path}.searches", f"must not have more than {MAX_DNS_SEARCH_PATHS} search paths")
+    if len(" ".join(searches)) > MAX_DNS_SEARCH_CHARS:
+        error(
+            f"{path}.searches",
+            f"must not have more than {MAX_DNS_SEARCH_CHARS} characters (including spaces) in "
+            "the search list",
+        )
+    for index, search in enumerate(searches):
+        name = search.removesuffix(".")
+        if search != "." and (len(name) > 253 or not DNS_SEARCH.fullmatch(name)):
+            error(
+                f"{path}.searches[{index}]",
+                "must be a lowercase RFC 1123 subdomain of at most 253 characters (letters, "
+                "digits, '-', '_' and '.'), or '.'",
+            )
+    for index, option in _objects(config.get("options")):
+        if not option.get("name"):
+            error(f"{path}.options[{index}]", "Required value: must not be empty")
+
+
+def _host_aliases(aliases: Any, error: ErrorSink) -> None:
+    """The API server's ``ValidateHostAliases``: an IP and DNS-1123 subdomain hostnames."""
+    for index, alias in _objects(aliases):
+        path = f"spec.hostAliases[{index}]"
+        if not _is_ip(alias.get("ip")):
+            error(f"{path}.ip", "must be a valid IP address")
+        names = alias.get("hostnames")
+        for position, name in enumerate(names if isinstance(names, list) else []):
+            if why := dns_subdomain(name):
+                error(f"{path}.hostnames[{position}]", why)
 
 
 def _host_users(spec: dict[str, Any], error: ErrorSink) -> None:

@@ -1,5 +1,6 @@
 """The pod side of the pod network: which network the node runs, what a pod asks of it
-(hostPorts), and the ``/etc/hosts`` kubelet writes for a pod with its own network namespace."""
+(hostPorts), and the ``/etc/hosts`` kubelet writes for a pod with its own network namespace
+(``nodelet.pod.hostsfile`` has every form of it)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,10 @@ from collections.abc import Iterable
 from nodelet.config import AgentConfig
 from nodelet.model import StaticPod
 from nodelet.network.api import PodNetwork, PortMapping
+from nodelet.pod import hostsfile
 
-HOSTS_HEADER = "# Kubernetes-managed hosts file.\n"
-_HOSTS_DEFAULTS = (
-    "127.0.0.1\tlocalhost\n"
-    "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    "fe00::0\tip6-localnet\n"
-    "fe00::0\tip6-mcastprefix\n"
-    "fe00::1\tip6-allnodes\n"
-    "fe00::2\tip6-allrouters\n"
-)
 CLUSTER_DOMAIN = "cluster.local"
+"""The domain ``hosts_file`` names pods in; the worker passes ``--cluster-domain`` instead."""
 
 
 def node_network(config: AgentConfig) -> PodNetwork | None:
@@ -70,15 +64,10 @@ def port_mappings(pod: StaticPod) -> tuple[PortMapping, ...]:
     return tuple(mappings)
 
 
-def hosts_file(pod: StaticPod, hostname: str, ips: Iterable[str]) -> str:
-    """kubelet's ``managedHostsFileContent``: localhost lines, then the pod's IPs with its
-    hostname (and FQDN when it has a subdomain)."""
-    lines = [HOSTS_HEADER, _HOSTS_DEFAULTS]
-    subdomain = pod.spec.get("subdomain")
-    for ip in ips:
-        if subdomain:
-            fqdn = f"{hostname}.{subdomain}.{pod.namespace}.svc.{CLUSTER_DOMAIN}"
-            lines.append(f"{ip}\t{fqdn}\t{hostname}\n")
-        else:
-            lines.append(f"{ip}\t{hostname}\n")
-    return "".join(lines)
+def hosts_file(
+    pod: StaticPod, hostname: str, ips: Iterable[str], cluster_domain: str = CLUSTER_DOMAIN
+) -> str:
+    """kubelet's ``managedHostsFileContent`` (``nodelet.pod.hostsfile``): localhost lines, the
+    pod's IPs with its hostname (and FQDN when it has a subdomain), then its hostAliases."""
+    domain = hostsfile.host_domain(pod, cluster_domain)
+    return hostsfile.managed_hosts(list(ips), hostname, domain, pod.spec.get("hostAliases"))

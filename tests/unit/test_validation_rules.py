@@ -263,7 +263,12 @@ def test_a_node_name_that_makes_the_pod_name_invalid_is_reported() -> None:
         (
             "spec.dnsPolicy",
             "Cluster",
-            [("spec.dnsPolicy", "must be one of ClusterFirst, ClusterFirstWithHostNet, Default")],
+            [
+                (
+                    "spec.dnsPolicy",
+                    "must be one of ClusterFirst, ClusterFirstWithHostNet, Default, None",
+                )
+            ],
         ),
         ("spec.hostname", "Web", [("spec.hostname", LABEL_RULE)]),
         ("spec.hostname", "", [("spec.hostname", "must be a non-empty string")]),
