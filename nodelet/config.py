@@ -128,6 +128,11 @@ class AgentConfig:
     """The nftables table the built-in network owns (NAT for hostPorts and egress)."""
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+    host_images: tuple[str, ...] = ()
+    """``hostImages``: globs of references that run on the node's own filesystem (as ``image:
+    host``) and are never pulled, e.g. ``registry.k8s.io/etcd:*`` on a node with etcd installed."""
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (``host[:port]``) pulled from over plain HTTP; loopback ones always may."""
     resolv_conf: str = "/etc/resolv.conf"
     """kubelet's ``--resolv-conf``: the node's resolver file pods' resolv.conf starts from;
     empty for none (``Default`` pods then ask 127.0.0.1)."""

@@ -218,7 +218,11 @@ KUBELET_FIELDS: dict[str, Kind] = {
 }
 """Every field of KubeletConfiguration v1beta1 (kubernetes master, 2025) with its JSON type."""
 
-NODELET_FIELDS: dict[str, Kind] = {"manifestValidation": _STR}
+NODELET_FIELDS: dict[str, Kind] = {
+    "manifestValidation": _STR,
+    "hostImages": _STRINGS,
+    "insecureRegistries": _STRINGS,
+}
 
 
 # -- Go durations ----------------------------------------------------------------------------
@@ -724,6 +728,12 @@ def _read_nodelet(path: Path, document: dict[str, Any], settings: FileSettings) 
         raise ConfigFileError("\n".join(f"{path}: {error}" for error in errors))
     if mode is not None:
         settings.values["manifest_validation"] = mode
+    for key, target in (
+        ("hostImages", "host_images"),
+        ("insecureRegistries", "insecure_registries"),
+    ):
+        if body.get(key) is not None:
+            settings.values[target] = tuple(body[key])
 
 
 # -- printing --------------------------------------------------------------------------------
@@ -792,6 +802,12 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
         "apiVersion": NODELET_API_VERSION,
         "kind": NODELET_KIND,
         "manifestValidation": config.manifest_validation,
+        **({"hostImages": list(config.host_images)} if config.host_images else {}),
+        **(
+            {"insecureRegistries": list(config.insecure_registries)}
+            if config.insecure_registries
+            else {}
+        ),
     }
     return [kubelet, nodelet]
 

@@ -124,6 +124,19 @@ def add_run_arguments(sub: Any) -> None:
         f"shows a warning (default: {AgentConfig.manifest_validation})",
     )
     run.add_argument(
+        "--host-images",
+        type=comma_list,
+        metavar="GLOB,...",
+        help="image references (globs) that run on the node's own filesystem, like image: host, "
+        "and are never pulled (default: none)",
+    )
+    run.add_argument(
+        "--insecure-registries",
+        type=comma_list,
+        metavar="HOST[:PORT],...",
+        help="registries pulled from over plain HTTP; loopback ones always may (default: none)",
+    )
+    run.add_argument(
         "--crashloop-backoff-initial",
         type=duration,
         help="first CrashLoopBackOff window, doubled per crash "
@@ -467,6 +480,8 @@ _FLAG_FIELDS = {
     "user_namespaces_range": "user_namespaces_range",
     "manifest_url": "manifest_url",
     "manifest_validation": "manifest_validation",
+    "host_images": "host_images",
+    "insecure_registries": "insecure_registries",
     "container_log_max_size": "container_log_max_size",
     "container_log_max_files": "container_log_max_files",
     "network_plugin": "network_plugin",

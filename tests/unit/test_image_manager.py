@@ -296,3 +296,29 @@ def test_image_of_for_adopted_containers(tmp_path: Path) -> None:
 )
 def test_pull_time_is_printed_as_go_does(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+def test_config_keys_and_flags(tmp_path: Path) -> None:
+    from nodelet.cli.main import build_parser
+    from nodelet.cli.run import build_config
+    from nodelet.configfile import ConfigFileError, load_files
+
+    path = tmp_path / "nodelet.yaml"
+    path.write_text(
+        "apiVersion: nodelet.io/v1alpha1\nkind: NodeletConfiguration\n"
+        "hostImages: ['registry.k8s.io/etcd:*']\ninsecureRegistries: ['reg.local:5000']\n"
+    )
+    values = load_files([path]).values
+    assert values["host_images"] == ("registry.k8s.io/etcd:*",)
+    assert values["insecure_registries"] == ("reg.local:5000",)
+    args = build_parser().parse_args(
+        ["run", "--config", str(path), "--host-images", "nlt-a*,nlt-b*"]
+    )
+    config, _warnings = build_config(args, "node", "127.0.0.1")
+    assert config.host_images == ("nlt-a*", "nlt-b*")  # the flag wins
+    assert config.insecure_registries == ("reg.local:5000",)
+    path.write_text(
+        "apiVersion: nodelet.io/v1alpha1\nkind: NodeletConfiguration\nhostImages: etcd\n"
+    )
+    with pytest.raises(ConfigFileError, match="hostImages"):
+        load_files([path])
