@@ -84,15 +84,19 @@ def container_status(
     actions: PodActions,
     default_waiting: str,
     probes: ProbeResults = NO_PROBES,
+    image: tuple[str, str] | None = None,
 ) -> Json:
-    """One entry of ``containerStatuses``/``initContainerStatuses``."""
+    """One entry of ``containerStatuses``/``initContainerStatuses``. ``image`` is what the
+    container was started on, (normalised name, ``repo@sha256:…``): shown once it has a run, as
+    kubelet shows the runtime's; before that the spec's text and no ID."""
     name = container["name"]
     runs = list(sandbox.attempts(name)) if sandbox else []
     last = runs[-1] if runs else None
+    shown = image if image is not None and last is not None else None
     status: Json = {
         "name": name,
-        "image": container.get("image", ""),
-        "imageID": "",
+        "image": shown[0] if shown else container.get("image", ""),
+        "imageID": shown[1] if shown else "",
         "restartCount": max((r.attempt for r in runs), default=0),
         "ready": False,
         "started": False,
@@ -252,17 +256,22 @@ def build_pod_status(
     previous: Json | None,
     now: float,
     probes: ProbeResults = NO_PROBES,
+    images: Mapping[str, tuple[str, str]] | None = None,
 ) -> Json:
-    """The whole v1 PodStatus for ``pod``."""
+    """The whole v1 PodStatus for ``pod``; ``images``: (image, imageID) by container name."""
     spec = pod.spec
+    shown = images or {}
     init = [
-        container_status(pod, c, sandbox, actions, reasons.POD_INITIALIZING)
+        container_status(
+            pod, c, sandbox, actions, reasons.POD_INITIALIZING, image=shown.get(c["name"])
+        )
         for c in spec.get("initContainers") or []
     ]
     # kubelet: PodInitializing for every container of a pod that has init containers.
     app_default = reasons.POD_INITIALIZING if init else reasons.CONTAINER_CREATING
     app = [
-        container_status(pod, c, sandbox, actions, app_default, probes) for c in spec["containers"]
+        container_status(pod, c, sandbox, actions, app_default, probes, shown.get(c["name"]))
+        for c in spec["containers"]
     ]
     _never_fewer_restarts(init + app, previous)
     phase = actions.terminal_phase or get_phase(spec, init, app)

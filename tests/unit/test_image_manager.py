@@ -322,3 +322,21 @@ def test_config_keys_and_flags(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigFileError, match="hostImages"):
         load_files([path])
+
+
+def test_status_shows_the_image_a_container_ran_on() -> None:
+    from nodelet.model import StaticPod
+    from nodelet.pod.actions import PodActions
+    from nodelet.pod.status import build_pod_status
+    from nodelet.runtime.api import ContainerRecord, SandboxStatus
+
+    spec = {"containers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "busybox"}]}
+    pod = StaticPod("u", "default", "p", "/m/p.yaml", {"metadata": {"uid": "u"}, "spec": spec})
+    sandbox = SandboxStatus("u", True, 7, 100.0, None, (ContainerRecord("a", 0, 1000, 110.0),))
+    shown = {n: ("docker.io/library/busybox:latest", f"docker.io/library/busybox@{DIGEST}")
+             for n in "ab"}  # fmt: skip
+    status = build_pod_status(pod, sandbox, PodActions(), "127.0.0.1", None, 120.0, images=shown)
+    ran, waiting = status["containerStatuses"]
+    assert (ran["image"], ran["imageID"]) == shown["a"]
+    # No run yet: the spec's text and no ID, as kubelet before the runtime knows the container.
+    assert (waiting["image"], waiting["imageID"]) == ("busybox", "")
