@@ -7,19 +7,22 @@ environment (with the downward API and ``$(VAR)`` expansion), argv, mounts, iden
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodelet.image import containerconfig as imageconfig
+from nodelet.image.lookup import ImageInfo, read_image_file
+from nodelet.image.reference import is_host_image
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
 from nodelet.pod.hooks import HookError, handler_spec, stop_signal
-from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig, UserNamespace
+from nodelet.runtime.api import ContainerConfig, Mount, RootFs, SandboxConfig, UserNamespace
 from nodelet.security import paths, seccomp
 from nodelet.security.capabilities import CapabilityError, name_of
 from nodelet.security.context import container_security
-from nodelet.security.identity import IdentityError
+from nodelet.security.identity import IdentityError, pod_description, verify_run_as_non_root
 from nodelet.security.sysctls import sandbox_sysctls
 from nodelet.security.userns import wants_user_namespace
 from nodelet.util import safepath
@@ -69,6 +72,13 @@ class PodContext:
     """The pod's ``/etc/resolv.conf`` (``nodelet.pod.dns``), mounted as containerd does."""
     user_namespace: UserNamespace | None = None
     """The pod's user namespace (``hostUsers: false``), as allocated for its sandbox."""
+    images: Callable[[str], ImageInfo | None] = lambda _reference: None
+    """A non-host image looked up in the local store (``lookup.local_image``); None: not
+    stored. The default knows no image, so only the host image runs."""
+    host_images: tuple[str, ...] = ()
+    """``hostImages`` globs: references that run on the node's own ``/`` like ``host``."""
+    pod_dir: Path | None = None
+    """The pod's state dir: container roots' upper/work dirs and its /dev/shm live there."""
 
 
 def pod_hostname(pod: StaticPod, node_hostname: str) -> str:
@@ -148,24 +158,44 @@ def build_container_config(
 ) -> ContainerConfig:
     """Everything the holder needs to start ``container`` for restart number ``attempt``."""
     name = container["name"]
-    env = build_env(ctx, container)
-    argv = [
-        expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]
-    ]
-    if not container.get("command"):
-        raise ContainerConfigError(
-            f'container "{name}": no command: image {container.get("image")!r} runs on the host '
-            "filesystem, which has no entrypoint"
-        )
+    image = _image(ctx, container)
+    pod_env = build_env(ctx, container)
+    command = [expand(a, pod_env) for a in container.get("command") or []]
+    args = [expand(a, pod_env) for a in container.get("args") or []]
     if wants_user_namespace(ctx.pod.spec) and ctx.user_namespace is None:
         raise ContainerConfigError(
             f'container "{name}": the pod asks for a user namespace (hostUsers: false) and has '
             "none allocated; it is not started in the host's"
         )
     node = ctx.security
+    passwd, group_file = node.passwd, node.group
+    rootfs = None
+    if image is None:
+        if not command:
+            raise ContainerConfigError(
+                f'container "{name}": no command: image {container.get("image")!r} runs on the '
+                "host filesystem, which has no entrypoint"
+            )
+        env, argv = pod_env, [*command, *args]
+        working_dir = container.get("workingDir") or None
+    else:
+        own = {var["name"] for var in container.get("env") or []}
+        env = imageconfig.merge_env(
+            ctx.hostname, image.config.env, {k: v for k, v in pod_env.items() if k in own}
+        )
+        config = image.config
+        try:
+            argv = imageconfig.process_args(command, args, config.entrypoint, config.cmd)
+        except imageconfig.ImageConfigError as err:
+            raise ContainerConfigError(f'container "{name}": {err}') from None
+        working_dir = container.get("workingDir") or config.working_dir or None
+        passwd = read_image_file(image.layers, "/etc/passwd") or ""
+        group_file = read_image_file(image.layers, "/etc/group") or ""
+        container = _with_image_user(ctx, container, config.user, passwd, group_file)
+        rootfs = _rootfs(ctx, container, attempt, image)
     try:
         security = container_security(
-            ctx.pod, container, node_caps=node.node_caps, passwd=node.passwd, group=node.group
+            ctx.pod, container, node_caps=node.node_caps, passwd=passwd, group=group_file
         )
     except IdentityError as err:
         raise ContainerConfigError(str(err)) from None  # kubelet's whole text names the pod
@@ -208,7 +238,7 @@ def build_container_config(
         argv=argv,
         env=env,
         log_path=str(container_log_path(ctx.pod_logs_dir, ctx.pod, name, attempt)),
-        working_dir=container.get("workingDir") or None,
+        working_dir=working_dir,
         mounts=mounts,
         run_as_user=user,
         run_as_group=group,
@@ -224,7 +254,79 @@ def build_container_config(
         masked_paths=masked,
         readonly_paths=readonly,
         user_namespace=ctx.user_namespace,
+        rootfs=rootfs,
     )
+
+
+def _image(ctx: PodContext, container: Mapping[str, Any]) -> ImageInfo | None:
+    """The container's stored image; None for the host image (``host`` or ``hostImages``)."""
+    reference = container.get("image")
+    if not reference or is_host_image(reference, ctx.host_images):
+        return None
+    info = ctx.images(reference)
+    if info is None:
+        raise ContainerConfigError(
+            f'container "{container["name"]}": Container image "{reference}" is not present '
+            "in the node's image store (pull it, or import it with nodelet image import)"
+        )
+    return info
+
+
+def _with_image_user(
+    ctx: PodContext, container: Mapping[str, Any], user: str, passwd: str, group: str
+) -> Mapping[str, Any]:
+    """The container with the image's User as its runAsUser (and the User's group as its
+    runAsGroup), unless the pod or the container sets runAsUser: containerd's ``WithUser``
+    then ``WithUserID``, so everything after (groups, hooks, probes) sees one identity."""
+    pod_sc = ctx.pod.spec.get("securityContext") or {}
+    sc = dict(container.get("securityContext") or {})
+
+    def field(key: str) -> Any:
+        return sc[key] if sc.get(key) is not None else pod_sc.get(key)
+
+    if field("runAsUser") is not None:
+        return container
+    name = container["name"]
+    where = pod_description(ctx.pod.name, ctx.pod.namespace, ctx.pod.uid)
+    if field("runAsNonRoot") and not imageconfig.user_is_numeric(user):
+        raise ContainerConfigError(
+            f"container has runAsNonRoot and image has non-numeric user ({user}), cannot verify "
+            f'user is non-root (pod: "{where}", container: {name})'
+        )
+    try:
+        image_user = imageconfig.resolve_user(user, passwd, group)
+        verify_run_as_non_root(ctx.pod.spec, container, where, image_uid=image_user.uid)
+    except imageconfig.ImageConfigError as err:
+        raise ContainerConfigError(f'container "{name}": {err}') from None
+    except IdentityError as err:
+        raise ContainerConfigError(str(err)) from None
+    sc["runAsUser"] = image_user.uid
+    if image_user.gid is not None and field("runAsGroup") is None:
+        sc["runAsGroup"] = image_user.gid
+    return {**container, "securityContext": sc}
+
+
+def _rootfs(
+    ctx: PodContext, container: Mapping[str, Any], attempt: int, image: ImageInfo
+) -> RootFs:
+    """Each start gets a fresh upper dir (containerd makes a new snapshot per container), under
+    the pod's state dir so it goes with the pod; /dev/shm is the pod's, or the host's for
+    hostIPC."""
+    name = container["name"]
+    if ctx.pod_dir is None:
+        raise ContainerConfigError(f'container "{name}": the pod has no state dir for its root')
+    if wants_user_namespace(ctx.pod.spec):
+        raise ContainerConfigError(
+            f'container "{name}": image {container.get("image")!r} cannot run in a user '
+            "namespace yet (hostUsers: false): its layers belong to the host's root and "
+            "idmapped image roots are not implemented; use hostUsers: true or the host image"
+        )
+    base = safepath.child(ctx.pod_dir / "containers", name) / str(attempt)
+    if ctx.pod.host_ipc:
+        shm, shm_tmpfs = "/dev/shm", False
+    else:
+        shm, shm_tmpfs = str(ctx.pod_dir / "shm"), True
+    return RootFs(image.layers, str(base / "upper"), str(base / "work"), shm, shm_tmpfs)
 
 
 def _managed_file_mounts(ctx: PodContext, mounts: list[Mount], read_only_root: bool) -> list[Mount]:

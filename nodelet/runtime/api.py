@@ -61,6 +61,22 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class RootFs:
+    """A non-host image's root filesystem: an overlay the holder mounts in the container's
+    mount namespace and pivots into."""
+
+    lower: tuple[str, ...]
+    """The image's unpacked layer dirs, top layer first."""
+    upper: str
+    work: str
+    """Under the pod's state dir, so they go with the pod; the holder creates them."""
+    shm: str
+    """Bound at ``/dev/shm``: the pod's dir (a tmpfs the holder mounts once per pod), or the
+    host's ``/dev/shm`` for hostIPC."""
+    shm_tmpfs: bool = True
+
+
+@dataclass(frozen=True)
 class CapabilitySets:
     """The five capability sets of the container's process, as capability numbers, applied as
     runc applies them (bounding first, then the rest after the user switch)."""
@@ -116,6 +132,8 @@ class ContainerConfig:
     """The holder rotates the log before it would exceed this size (``containerLogMaxSize``)."""
     user_namespace: UserNamespace | None = None
     """The pod's: joined before the user switch, and every volume idmapped with it."""
+    rootfs: RootFs | None = None
+    """The image's root; None runs on the host's own ``/`` (image ``host``)."""
 
 
 @dataclass(frozen=True)

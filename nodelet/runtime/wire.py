@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 from nodelet.holder import protocol
-from nodelet.runtime.api import ContainerConfig, Mount, SandboxConfig, UserNamespace
+from nodelet.runtime.api import ContainerConfig, Mount, RootFs, SandboxConfig, UserNamespace
 
 
 def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
@@ -57,7 +57,19 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
         spec["log_max_bytes"] = config.log_max_bytes
     if config.user_namespace is not None:
         spec["user_namespace"] = _user_namespace(config.user_namespace)
+    if config.rootfs is not None:
+        spec["rootfs"] = _rootfs(config.rootfs)
     return spec
+
+
+def _rootfs(rootfs: RootFs) -> protocol.RootfsSpec:
+    return {
+        "lower": list(rootfs.lower),
+        "upper": rootfs.upper,
+        "work": rootfs.work,
+        "shm": rootfs.shm,
+        "shm_tmpfs": rootfs.shm_tmpfs,
+    }
 
 
 def _user_namespace(userns: UserNamespace) -> protocol.UserNamespaceSpec:
