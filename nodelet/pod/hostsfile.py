@@ -28,6 +28,8 @@ LOCALHOST_LINES = (
     "fe00::2\tip6-allrouters\n"
 )
 NODE_HOSTS = "/etc/hosts"
+HOSTS_FILE = "etc-hosts"
+"""Its name in the pod's dir, as kubelet's ``getEtcHostsPath``."""
 
 
 def host_domain(pod: StaticPod, cluster_domain: str) -> str:
