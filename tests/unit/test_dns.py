@@ -12,6 +12,7 @@ from nodelet.manifest import fieldpolicy
 from nodelet.manifest.validation import validate
 from nodelet.model import StaticPod
 from nodelet.pod import dns, hostsfile
+from nodelet.pod.containerprep import PodContext, build_container_config
 from nodelet.pod.dns import DnsConfig, DnsEvent, NodeDns
 from nodelet.pod.network import hosts_file
 
@@ -335,3 +336,27 @@ def test_dns_config_and_host_aliases_are_honoured_fields_now() -> None:
     refused: list[tuple[str, str]] = []
     fieldpolicy.check(manifest, lambda path, why: refused.append((path, why)))
     assert refused == []
+
+
+def test_managed_files_are_mounted_as_kubelet_and_containerd_mount_them() -> None:
+    pod = make_pod(volumes=[{"name": "r", "emptyDir": {}}])
+    context = PodContext(
+        pod, "web-n1", "192.0.2.9", "", Path("/logs"), {"r": "/v/r"},
+        hosts_file="/p/etc-hosts", hostname_file="/p/etc-hostname",
+        resolv_conf_file="/p/etc-resolv.conf",
+    )  # fmt: skip
+    container: dict[str, Any] = {"name": "app", "image": "host", "command": ["true"]}
+    mounts = build_container_config(context, container, 0).mounts
+    assert [(m.source, m.target, m.read_only) for m in mounts] == [
+        ("/p/etc-hostname", "/etc/hostname", False),
+        ("/p/etc-hosts", "/etc/hosts", False),
+        ("/p/etc-resolv.conf", "/etc/resolv.conf", False),
+    ]
+    container["securityContext"] = {"readOnlyRootFilesystem": True}
+    container["volumeMounts"] = [{"name": "r", "mountPath": "/etc/resolv.conf"}]
+    mounts = build_container_config(context, container, 0).mounts
+    assert [(m.source, m.target, m.read_only) for m in mounts] == [
+        ("/p/etc-hostname", "/etc/hostname", True),  # containerd: read-only with the root
+        ("/p/etc-hosts", "/etc/hosts", False),  # kubelet's mount: always read-write
+        ("/v/r", "/etc/resolv.conf", False),  # the container's own wins
+    ]
