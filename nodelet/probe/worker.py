@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -206,9 +208,10 @@ class ProbeWorker:
                 next_at = max(next_at + self.spec.period, self._clock())
 
     async def _wait(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or less when the gate's trigger fires. One future, woken by
-        a timer (or the injected sleep) or by :meth:`gate`: this runs at every tick of every
-        probe, so it creates no task and no event waiter."""
+        """Sleep ``delay`` seconds (to the end of its tick slot), or less when the gate's
+        trigger fires. One future, woken by the slot's shared timer (or the injected sleep) or
+        by :meth:`gate`: this runs at every tick of every probe, so it creates no task, no
+        event waiter and no timer of its own."""
         if self._triggered:
             self._triggered = False
             return
@@ -218,7 +221,7 @@ class ProbeWorker:
         wake: asyncio.Future[None] = loop.create_future()
         stop: Callable[[], object]
         if self._sleep is asyncio.sleep:
-            stop = loop.call_at(_slot(loop.time() + delay), _wake, wake).cancel
+            stop = _ticker(loop).wake_at(loop.time() + delay, wake)
         else:
             sleeper = asyncio.ensure_future(self._sleep(delay))
             sleeper.add_done_callback(lambda _: _wake(wake))
@@ -232,9 +235,7 @@ class ProbeWorker:
         finally:
             self._wake = None
         if self._triggered:
-            # The gate woke the wait. A timer that fired is not cancelled: the loop would count
-            # it as a cancelled one still queued and rebuild its timer heap all the sooner.
-            stop()
+            stop()  # the gate woke the wait
             self._triggered = False
 
     async def _attempt(self) -> ProbeResult:
@@ -298,3 +299,49 @@ kubelet's tickers fire on time. The grid of periods itself does not drift."""
 def _slot(when: float) -> float:
     """``when`` rounded up to the next tick slot."""
     return math.ceil(when / TICK_SLACK) * TICK_SLACK
+
+
+class _Ticker:
+    """One loop timer per tick slot that a wait ends in, shared by every probe due then, not
+    one per probe: a timer is a handle, a heap push and a heap pop in Python, each tick of
+    each probe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, tuple[asyncio.TimerHandle, list[asyncio.Future[None]]]] = {}
+
+    def wake_at(self, when: float, future: asyncio.Future[None]) -> Callable[[], None]:
+        """Complete ``future`` at the slot of ``when``; returns what withdraws it (a no-op
+        once the slot came)."""
+        index = math.ceil(when / TICK_SLACK)
+        slot = self._slots.get(index)
+        if slot is None:
+            handle = self._loop.call_at(index * TICK_SLACK, self._due, index)
+            slot = self._slots[index] = (handle, [])
+        slot[1].append(future)
+        return functools.partial(self._withdraw, index, future)
+
+    def _withdraw(self, index: int, future: asyncio.Future[None]) -> None:
+        slot = self._slots.get(index)
+        if slot is None or future not in slot[1]:
+            return
+        slot[1].remove(future)
+        if not slot[1]:
+            slot[0].cancel()
+            del self._slots[index]
+
+    def _due(self, index: int) -> None:
+        for future in self._slots.pop(index)[1]:
+            _wake(future)
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ticker(loop: asyncio.AbstractEventLoop) -> _Ticker:
+    ticker = _tickers.get(loop)
+    if ticker is None:
+        ticker = _tickers[loop] = _Ticker(loop)
+    return ticker

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nodelet.probe.result import Outcome, ProbeResult
-from nodelet.probe.worker import TICK_SLACK, ProbeSpec, ProbeWorker, _slot
+from nodelet.probe.worker import TICK_SLACK, ProbeSpec, ProbeWorker, _slot, _ticker
 
 pytestmark = pytest.mark.unit
 
@@ -532,3 +532,32 @@ async def test_real_timer_ticks_of_two_workers_share_a_slot() -> None:
         assert 0 <= ticks[1] - _slot(due) < 0.03, (name, ticks[1], _slot(due))
     if _slot(started["a"] + 0.2) == _slot(started["b"] + 0.2):  # unless the loop lagged a slot
         assert abs(calls["a"][1] - calls["b"][1]) < 0.002  # one timer pass woke both
+
+
+async def test_waits_in_one_slot_share_one_loop_timer_and_a_stopped_wait_withdraws() -> None:
+    """Every probe due in a slot is woken by one timer of the loop, not one each; a wait that
+    ends early (stop) takes its place back, and the last one out cancels the slot's timer."""
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+
+    async def probe() -> ProbeResult:
+        ticks.append(loop.time())
+        return S
+
+    workers = [
+        ProbeWorker(ProbeSpec("readiness", period=30), probe, lambda *_: None) for _ in range(5)
+    ]
+    timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
+    started = time.monotonic()  # one start time: all next due at the same instant
+    for worker in workers:
+        worker.start(started)
+    await asyncio.sleep(0.01)  # each probed once and now waits 30 s, all in one slot
+    assert len(ticks) == 5
+    slots = _ticker(loop)._slots
+    assert len(slots) == 1 and len(next(iter(slots.values()))[1]) == 5
+    assert len(loop._scheduled) == timers_before + 1  # type: ignore[attr-defined]
+    for worker in workers:
+        worker.stop()
+        await worker.join()
+    assert not slots
+    assert all(h.cancelled() for h in loop._scheduled[timers_before:])  # type: ignore[attr-defined]
