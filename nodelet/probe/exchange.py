@@ -263,6 +263,14 @@ class Exchange:
     # -- sending: a request fits the socket's buffer, so the writer callback is rarely needed --
 
     def _send(self, data: bytes) -> None:
+        if not self._out:  # the usual case: all of it goes at once, nothing is copied
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         self._out += data
         self._flush()
 

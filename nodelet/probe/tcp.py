@@ -8,6 +8,7 @@ failure reason: ``dial tcp 127.0.0.1:81: connect: connection refused``, ``... i/
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -77,15 +78,19 @@ async def _writable(sock: socket.socket) -> None:
         loop.remove_writer(fd)
 
 
+_UNDER_WAY = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.EINTR})
+"""``connect`` errors that mean "not over yet" (Python's BlockingIOError and InterruptedError)."""
+
+
 def _connected(sock: socket.socket, address: tuple[str, int]) -> bool:
     """Start a non-blocking connect; whether it is already over. On loopback the handshake is
     done when ``connect`` returns EINPROGRESS, which ``getpeername`` tells for one cheap system
     call; otherwise the socket turns writable once the connect ended."""
-    try:
-        sock.connect(address)
+    code = sock.connect_ex(address)  # no exception object for the usual EINPROGRESS
+    if code == 0:
         return True
-    except (BlockingIOError, InterruptedError):
-        pass
+    if code not in _UNDER_WAY:
+        raise OSError(code, os.strerror(code))
     try:
         sock.getpeername()
         return True
