@@ -17,7 +17,7 @@ from enum import Enum
 
 from nodelet.image import manifest as mf
 from nodelet.image.reference import InvalidImageNameError, parse
-from nodelet.image.store import ImageStore
+from nodelet.image.store import ImageStore, ImageStoreError
 from nodelet.image.unpack import OPAQUE_XATTR
 
 FILE_LIMIT = 4 << 20
@@ -37,17 +37,24 @@ class ImageInfo:
     """Unpacked layer dirs, top layer first (overlayfs's lowerdir order)."""
 
 
+class ImageLookupError(ValueError):
+    """The store names the image but what it holds for it cannot be read."""
+
+
 def local_image(store: ImageStore, reference: str) -> ImageInfo | None:
-    """The stored image ``reference`` names, or None when it is not (completely) stored."""
-    records = store.resolve(reference)
-    if len(records) != 1:
-        return None
-    record = records[0]
+    """The stored image ``reference`` names, or None when it is not (completely) stored.
+    Raises ImageLookupError when its stored manifest or config is damaged."""
     try:
+        records = store.resolve(reference)
+        if len(records) != 1:
+            return None
+        record = records[0]
         manifest = mf.parse_manifest(store.read_blob(record.manifest), record.manifest)
         config = mf.parse_config(store.read_blob(manifest.config.digest), manifest.config.digest)
     except FileNotFoundError:
         return None  # pruned under us: as good as absent
+    except (ImageStoreError, mf.ManifestError, OSError, ValueError) as err:
+        raise ImageLookupError(f"image {reference!r} in the store: {err}") from None
     layers = tuple(str(store.layer_dir(d)) for d in reversed(config.diff_ids))
     if not all(os.path.isdir(layer) for layer in layers):
         return None

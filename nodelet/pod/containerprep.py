@@ -263,7 +263,10 @@ def _image(ctx: PodContext, container: Mapping[str, Any]) -> ImageInfo | None:
     reference = container.get("image")
     if not reference or is_host_image(reference, ctx.host_images):
         return None
-    info = ctx.images(reference)
+    try:
+        info = ctx.images(reference)
+    except ValueError as err:
+        raise ContainerConfigError(f'container "{container["name"]}": {err}') from None
     if info is None:
         raise ContainerConfigError(
             f'container "{container["name"]}": Container image "{reference}" is not present '
