@@ -506,12 +506,13 @@ def _backoff_max(key: str, value: Any) -> float | None:
 
 
 def _ips(key: str, value: Any) -> tuple[str, ...] | None:
-    for item in value:
+    ips = tuple(item for item in value if item is not None)  # null is unset, as elsewhere
+    for item in ips:
         try:
             ipaddress.ip_address(item)
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address") from None
-    return tuple(value) or None
+    return ips or None
 
 
 def _resolv_conf(key: str, value: Any) -> str:

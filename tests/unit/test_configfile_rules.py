@@ -156,7 +156,7 @@ def test_bounds_of_the_json_types_are_accepted(tmp_path: Path) -> None:
                 tmp_path,
                 "eventBurst: 2147483647\neventRecordQPS: -2147483648\n"
                 "maxOpenFiles: 9223372036854775807\nmemoryThrottlingFactor: 0.9\n"
-                "featureGates:\n  Foo: true\nclusterDNS: [null]\n",
+                "featureGates:\n  Foo: true\nenforceNodeAllocatable: [null]\n",
             )
         ]
     )
@@ -168,7 +168,7 @@ def test_bounds_of_the_json_types_are_accepted(tmp_path: Path) -> None:
             "maxOpenFiles",
             "memoryThrottlingFactor",
             "featureGates",
-            "clusterDNS",
+            "enforceNodeAllocatable",
         ]
     )
 
