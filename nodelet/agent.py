@@ -41,13 +41,15 @@ from nodelet.ops.metrics import AgentMetrics, AgentView, container_name
 from nodelet.ops.systemd import SystemdReporter
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.backoffstore import BACKOFF_FILE, BackoffStore
+from nodelet.pod.containerprep import container_log_path
 from nodelet.pod.network import node_network
+from nodelet.pod.probes import ProbeTarget
 from nodelet.pod.volumes import sweep_orphan_volumes
 from nodelet.pod.worker import WorkerContext, WorkerState, describe
 from nodelet.pod.workers import PodWorkers
 from nodelet.reasons import EVENT_WARNING
 from nodelet.runtime.api import ContainerConfig, KnownPod, Runtime
-from nodelet.server import kubeletroutes, kubeletstats
+from nodelet.server import kubeletroutes, kubeletstats, kubeletstream
 from nodelet.server.containers import containers_route
 from nodelet.server.kubelet import KubeletServerError
 from nodelet.server.kubeletsetup import kubelet_server
@@ -160,6 +162,7 @@ class Agent:
             installers=[
                 functools.partial(kubeletroutes.install, backend=self),
                 functools.partial(kubeletstats.install, backend=self.stats_view),
+                functools.partial(kubeletstream.install, backend=self),
             ],
             api=lambda: self.cluster.caller.api_client if self.cluster is not None else None,
         )
@@ -178,6 +181,35 @@ class Agent:
             log.error("pod network (%s) not ready: %s", self.config.network_plugin, err)
             return
         log.info("pod network: %s", self.config.network_plugin)
+
+    async def stream_target(
+        self, namespace: str, pod: str, uid: str | None, container: str | None
+    ) -> kubeletstream.StreamTarget:
+        """``kubeletstream.StreamBackend``: the running container exec/attach enter (what its
+        exec probes get), or for port-forward (``container`` None) the pod's netns."""
+        found = next(
+            (p for p in self.pods.desired.values()
+             if p.namespace == namespace and p.name == pod and uid in (None, p.uid)),
+            None,
+        )  # fmt: skip
+        worker = self.pods.workers.get(found.uid) if found is not None else None
+        if found is None or worker is None:
+            raise LookupError("pod does not exist")
+        sandbox = await self.runtime.pod_status(found.uid)
+        if sandbox is None or not sandbox.ready or sandbox.holder_pid is None:
+            raise LookupError(f"pod {namespace}/{pod} has no running sandbox")
+        if container is None:
+            holder = sandbox.holder_pid
+            netns = None if found.host_network else f"/proc/{holder}/ns/net"
+            return kubeletstream.StreamTarget(ProbeTarget(holder, "", netns, None, None))
+        specs = [*(found.spec.get("initContainers") or []), *(found.spec.get("containers") or [])]
+        spec = next((c for c in specs if c["name"] == container), None)
+        record = sandbox.latest(container) if spec is not None else None
+        if spec is None or record is None or not record.running:
+            raise LookupError(f'container not found ("{container}")')
+        target = worker.probe_target(sandbox, record, spec)
+        log_path = container_log_path(self.config.pod_logs_dir, found, container, record.attempt)
+        return kubeletstream.StreamTarget(target, log_path)
 
     def _started_config(self, uid: str, name: str) -> ContainerConfig | None:
         worker = self.pods.workers.get(uid)

@@ -443,7 +443,7 @@ class PodWorker:
                 for r in sandbox.containers
                 if r.running and r.started_at >= sandbox.created_at
             }
-        self._probes.sync(running, functools.partial(self._probe_target, sandbox))
+        self._probes.sync(running, functools.partial(self.probe_target, sandbox))
         killed = False
         for name, _attempt, kind, result in self._probes.verdicts():
             grace = self._probes.grace_for(name, kind, self.pod.grace_seconds)
@@ -490,12 +490,14 @@ class PodWorker:
         """The config the container's latest start was prepared with (``nodelet exec``)."""
         return self._configs.get(name)
 
-    def _probe_target(
+    def probe_target(
         self, sandbox: SandboxStatus | None, record: ContainerRecord, container: Mapping[str, Any]
     ) -> ProbeTarget:
+        """Where a command entering the container runs (exec probes, hooks, the kubelet API's
+        exec): its process, namespaces, cgroup and the config it was started with."""
         started = self._configs.get(container["name"])
         if started is not None and started.attempt != record.attempt:
-            started = None  # adopted after an agent restart: only its user is known
+            started = None  # a newer run whose config is not rebuilt yet (_adopt_configs)
         user = started.run_as_user if started is not None else None
         group = started.run_as_group if started is not None else None
         holder = sandbox.holder_pid if sandbox is not None else None
@@ -856,7 +858,7 @@ class PodWorker:
         returned; a failed handler kills the container (FailedPostStartHook), and its
         restartPolicy decides what comes next."""
         container = self._container_spec(start)
-        target = self._probe_target(sandbox, record, container)
+        target = self.probe_target(sandbox, record, container)
         result = await run_post_start(handler, container, target)
         if result.outcome is Outcome.SUCCESS:
             return
