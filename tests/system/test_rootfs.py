@@ -75,7 +75,7 @@ def agent(agents: Callable[[], Agent]) -> Agent:
     """A live agent whose store holds the test images (imported with ``nodelet image``)."""
     first = agents()
     base, app = busybox_layer(), app_layer()
-    images = [
+    images: list[tuple[BuiltImage, list[str]]] = [
         (ConfiguredImage([base, app], cmd=[REPORT]), [IMAGE]),
         (ConfiguredImage([base, app, group_layer()], cmd=[REPORT], user="app"), [NAMED_USER_IMAGE]),
         (ConfiguredImage([base], entrypoint=[], cmd=[]), [NO_COMMAND_IMAGE]),
@@ -93,7 +93,7 @@ def container(name: str, script: str | None = None, **extra: Any) -> dict[str, A
 
 
 def pod_dir(agent: Agent, pod: dict[str, Any]) -> Path:
-    return agent.root / "pods" / pod["metadata"]["uid"]
+    return agent.root / "pods" / str(pod["metadata"]["uid"])
 
 
 def upper(agent: Agent, pod: dict[str, Any], name: str, attempt: int = 0) -> Path:
