@@ -127,7 +127,7 @@ def environ_of(pid: int) -> dict[str, str]:
 def cgroup_procs_files(pid: int) -> list[str]:
     """The ``cgroup.procs`` of each of the process's cgroups that are not ours, as host paths:
     each hierarchy (v1 by its controllers, v2 by its fstype) found in our mountinfo."""
-    ours = _cgroups(os.getpid())
+    ours = _cgroups("self")  # our pid may differ in a PID namespace entered already
     mounts = _cgroup_mounts()
     found = []
     for hierarchy, path in _cgroups(pid).items():
@@ -144,7 +144,7 @@ def cgroup_procs_files(pid: int) -> list[str]:
     return found
 
 
-def _cgroups(pid: int) -> dict[str, str]:
+def _cgroups(pid: int | str) -> dict[str, str]:
     """hierarchy key (its controllers, ``""`` for v2) -> the process's path in it."""
     found = {}
     with open(f"/proc/{pid}/cgroup", encoding="utf-8") as file:
