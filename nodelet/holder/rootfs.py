@@ -13,7 +13,8 @@
    on the option string) at ``merged``, the sibling of ``upper``. Mounted writable: mountPaths
    and workingDir are created in it, i.e. in the upper dir, never on the host.
 5. ``/proc`` fresh (the PID namespace the child is in: its own, the pod's, or the host's),
-   ``/dev`` (below), ``/sys`` fresh sysfs, read-only unless privileged. Fresh rather than a
+   ``/dev`` (below), ``/sys`` fresh sysfs, its mount (not its shared superblock) read-only
+   unless privileged. Fresh rather than a
    bind even for hostNetwork: the host's root may mount sysfs for any network namespace, and a
    fresh one carries none of the host's submounts (cgroup, debugfs); a kernel that refuses
    (EPERM) gets runc's fallback, a recursive read-only bind of the host's.
@@ -227,18 +228,21 @@ def _system_mounts(root: int, privileged: bool, shm: str | None) -> None:
 
 
 def _sysfs(root: int, sys_: int, privileged: bool) -> None:
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else linux.MS_RDONLY)
+    """Read-only on the mount, never on the superblock: sysfs has one superblock per network
+    namespace, so an ``MS_RDONLY`` mount would make every later sysfs of the pod's (or the
+    host's) network namespace read-only too, a privileged container's included."""
     try:
-        _mount("sysfs", _fd_path(sys_), "sysfs", flags)
+        _mount("sysfs", _fd_path(sys_), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except PermissionError:
         _mount("/sys", _fd_path(sys_), None, linux.MS_BIND | linux.MS_REC)
-        if not privileged:
-            bound = _in_root(root, "sys")
-            try:
-                mounts.mount_setattr(bound, "", mounts.AT_EMPTY_PATH | mounts.AT_RECURSIVE,
-                                     set_=mounts.MOUNT_ATTR_RDONLY)  # fmt: skip
-            finally:
-                os.close(bound)
+    if privileged:
+        return
+    mounted = _in_root(root, "sys")
+    try:
+        mounts.mount_setattr(mounted, "", mounts.AT_EMPTY_PATH | mounts.AT_RECURSIVE,
+                             set_=mounts.MOUNT_ATTR_RDONLY)  # fmt: skip
+    finally:
+        os.close(mounted)
 
 
 def _dev(root: int, privileged: bool, shm: str | None) -> None:

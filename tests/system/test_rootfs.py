@@ -139,6 +139,11 @@ def test_container_sees_its_image_and_writes_only_to_its_upper_dir(agent: Agent)
                 script,
                 volumeMounts=[{"name": "data", "mountPath": "/nlt/deep/vol"}],
                 securityContext={"runAsUser": 0},  # the image's user may not write to /
+                # exec'd into the container's mount namespace: only the image has /app/hello
+                readinessProbe={
+                    "exec": {"command": ["/bin/sh", "-c", "test -e /app/hello"]},
+                    "periodSeconds": 1,
+                },
             )
         ],
         volumes=[{"name": "data", "emptyDir": {}}],
@@ -174,6 +179,8 @@ def test_container_sees_its_image_and_writes_only_to_its_upper_dir(agent: Agent)
     # Nothing of the container root is mounted on the host (its own mount namespace); only
     # the pod's shm tmpfs, under the pod's dir.
     assert our_mounts(agent) == [str(pod_dir(agent, pod) / "shm")]
+    ready = lambda: (agent.container_status("rootfs", "app") or {}).get("ready")  # noqa: E731
+    wait_for(ready, 20, "the exec probe run in the image's root")
 
     (agent.manifests / "rootfs.json").unlink()
     wait_for(lambda: agent.pod("rootfs") is None, 30, "rootfs removed")
@@ -237,6 +244,12 @@ def test_read_only_root_and_missing_command(agent: Agent) -> None:
             volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
             securityContext={"readOnlyRootFilesystem": True},
         ),
+        container(
+            "privileged",
+            "while ! test -e /dev/shm/y; do sleep 0.1; done; echo shared=yes; "
+            "echo devs=$(ls /dev | wc -l); echo sys=$(touch /sys/kernel/nlt 2>&1 | grep -c Read)",
+            securityContext={"privileged": True},
+        ),
         {"name": "nothing-to-run", "image": NO_COMMAND_IMAGE},
         {"name": "absent", "image": "nlt.test/not-stored:1", "command": ["/bin/true"]},
     ]
@@ -248,6 +261,11 @@ def test_read_only_root_and_missing_command(agent: Agent) -> None:
     assert value(agent, pod, "ro", "vol") == "writable"
     assert value(agent, pod, "ro", "tmp") == "writable"
     assert not (upper(agent, pod, "ro") / "x").exists()
+    # /dev/shm is the pod's: what "ro" wrote there, "privileged" sees. Privileged: the
+    # host's /dev, and a writable /sys (the write fails, but not on a read-only mount).
+    assert value(agent, pod, "privileged", "shared") == "yes"
+    assert int(value(agent, pod, "privileged", "devs")) > len(DEV_MINIMAL)
+    assert value(agent, pod, "privileged", "sys") == "0"
 
     def waiting(name: str) -> str | None:
         status = agent.container_status("ro", name) or {}
