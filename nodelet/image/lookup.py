@@ -7,7 +7,6 @@ The seam between image pulls and container starts: the agent makes sure an image
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from nodelet.image import manifest as mf
+from nodelet.image.manager import find_image
 from nodelet.image.reference import InvalidImageNameError, parse
 from nodelet.image.store import ImageStore, ImageStoreError
 from nodelet.image.unpack import OPAQUE_XATTR
@@ -42,13 +42,17 @@ class ImageLookupError(ValueError):
 
 
 def local_image(store: ImageStore, reference: str) -> ImageInfo | None:
-    """The stored image ``reference`` names, or None when it is not (completely) stored.
-    Raises ImageLookupError when its stored manifest or config is damaged."""
+    """The stored image ``reference`` names (by the image manager's rule: its normalised name,
+    or ``repo@digest`` for any name of the repo with that digest), or None when it is not
+    (completely) stored. Raises ImageLookupError when its manifest or config is damaged."""
     try:
-        records = store.resolve(reference)
-        if len(records) != 1:
+        ref = parse(reference)
+    except InvalidImageNameError:
+        return None
+    try:
+        record = find_image(store, ref)
+        if record is None:
             return None
-        record = records[0]
         manifest = mf.parse_manifest(store.read_blob(record.manifest), record.manifest)
         config = mf.parse_config(store.read_blob(manifest.config.digest), manifest.config.digest)
     except FileNotFoundError:
@@ -58,10 +62,7 @@ def local_image(store: ImageStore, reference: str) -> ImageInfo | None:
     layers = tuple(str(store.layer_dir(d)) for d in reversed(config.diff_ids))
     if not all(os.path.isdir(layer) for layer in layers):
         return None
-    repo_digest = None
-    with contextlib.suppress(InvalidImageNameError):
-        repo_digest = parse(record.name).with_digest(record.digest)
-    return ImageInfo(reference, record.config, repo_digest, config, layers)
+    return ImageInfo(reference, record.config, ref.with_digest(record.digest), config, layers)
 
 
 class _Found(Enum):

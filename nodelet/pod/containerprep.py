@@ -75,8 +75,9 @@ class PodContext:
     images: Callable[[str], ImageInfo | None] = lambda _reference: None
     """A non-host image looked up in the local store (``lookup.local_image``); None: not
     stored. The default knows no image, so only the host image runs."""
-    host_images: tuple[str, ...] = ()
-    """``hostImages`` globs: references that run on the node's own ``/`` like ``host``."""
+    is_host_image: Callable[[str], bool] = lambda image: is_host_image(image, ())
+    """Whether a reference runs on the node's own ``/``: ``host``, or a ``hostImages`` glob
+    (``ImageManager.is_host``); the agent without an image store says yes to every one."""
     pod_dir: Path | None = None
     """The pod's state dir: container roots' upper/work dirs and its /dev/shm live there."""
 
@@ -261,7 +262,7 @@ def build_container_config(
 def _image(ctx: PodContext, container: Mapping[str, Any]) -> ImageInfo | None:
     """The container's stored image; None for the host image (``host`` or ``hostImages``)."""
     reference = container.get("image")
-    if not reference or is_host_image(reference, ctx.host_images):
+    if not reference or ctx.is_host_image(reference):
         return None
     try:
         info = ctx.images(reference)

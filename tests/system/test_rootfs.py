@@ -256,7 +256,12 @@ def test_read_only_root_and_missing_command(agent: Agent) -> None:
             securityContext={"privileged": True},
         ),
         {"name": "nothing-to-run", "image": NO_COMMAND_IMAGE},
-        {"name": "absent", "image": "nlt.test/not-stored:1", "command": ["/bin/true"]},
+        {
+            "name": "absent",
+            "image": "nlt.test/not-stored:1",
+            "imagePullPolicy": "Never",  # ErrImageNeverPull once the agent pulls
+            "command": ["/bin/true"],
+        },
     ]
     agent.write_manifest(
         "ro.json", manifest("ro", containers, volumes=[{"name": "scratch", "emptyDir": {}}])

@@ -22,6 +22,7 @@ from nodelet.image.containerconfig import (
 )
 from nodelet.image.lookup import ImageInfo, read_image_file
 from nodelet.image.manifest import ImageConfig, host_platform
+from nodelet.image.reference import is_host_image
 from nodelet.image.unpack import OPAQUE_XATTR
 from nodelet.pod.containerprep import ContainerConfigError, build_container_config
 from nodelet.runtime.api import UserNamespace
@@ -242,7 +243,10 @@ def test_host_users_false_is_refused_for_an_image_root(tmp_path: Path) -> None:
 
 
 def test_host_images_run_on_the_host(tmp_path: Path) -> None:
-    context = dataclasses.replace(ctx(make_pod()), host_images=("registry.k8s.io/etcd:*",))
+    globs = ("registry.k8s.io/etcd:*",)
+    context = dataclasses.replace(
+        ctx(make_pod()), is_host_image=lambda image: is_host_image(image, globs)
+    )
     container = {"name": "etcd", "image": "registry.k8s.io/etcd:3.5", "command": ["etcd"]}
     config = build_container_config(context, container, 0)
     assert config.rootfs is None and config.argv == ["etcd"]
