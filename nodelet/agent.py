@@ -26,6 +26,7 @@ from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.peerroutes import PeerRoutes, peer_routes
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
+from nodelet.image.manager import image_manager
 from nodelet.logs import retention, rotation
 from nodelet.manifest import schemacache, warnings
 from nodelet.manifest.merge import MergedSources
@@ -103,6 +104,13 @@ class Agent:
             on_event=self._on_pod_event,
             sync_hook=self._timed_sync,
             network=node_network(config),
+            images=image_manager(
+                config.root_dir,
+                config.host_images,
+                config.insecure_registries,
+                config.backoff_initial,
+                config.backoff_max,
+            ),
         )
         self._peer_routes: PeerRoutes | None = None
         """The Nodes' pod CIDRs as host-gw routes, and this node's podCIDR (built-in network)."""

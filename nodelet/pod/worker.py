@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import functools
 import logging
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,11 +25,14 @@ from nodelet.cgroups.podtree import create_pod_cgroups, fresh_container_cgroup
 from nodelet.cgroups.quantity import QuantityError
 from nodelet.cgroups.resources import container_limits, container_resources, pod_limits, qos_class
 from nodelet.config import AgentConfig
+from nodelet.image.lookup import ImageInfo, local_image
+from nodelet.image.manager import ImageError, ImageManager
 from nodelet.logs import retention
 from nodelet.logs.reader import fallback_message
 from nodelet.manifest import schema
 from nodelet.model import StaticPod
 from nodelet.network.api import NetworkError, PodNetwork, PodNetworkRequest
+from nodelet.pod import dns, hostsfile
 from nodelet.pod.actions import (
     PodActions,
     StartAction,
@@ -51,7 +53,7 @@ from nodelet.pod.containerprep import (
     pod_log_dir,
     sandbox_config,
 )
-from nodelet.pod.network import hosts_file, port_mappings
+from nodelet.pod.network import port_mappings
 from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.volumes import (
@@ -191,6 +193,17 @@ class WorkerContext:
     node_hostname: str = socket.gethostname()
     clock: Callable[[], float] = time.time
     """Wall-clock epoch seconds (container exit times are wall-clock); tests inject their own."""
+    images: ImageManager | None = None
+    """Makes each container's image present before its start; None: no image store (every
+    image is taken as the node's own, as before images existed)."""
+
+
+def _no_image(_reference: str) -> ImageInfo | None:
+    return None
+
+
+def _every_image_is_host(_reference: str) -> bool:
+    return True
 
 
 class WorkerState(enum.Enum):
@@ -286,6 +299,8 @@ class PodWorker:
             self._pod_ips = network.ips_of(pod.uid)
         self._network_holder: int | None = None
         """The holder whose netns the network was set up in (a new holder, a new setup)."""
+        self._files_holder: int | None = None
+        """The holder the pod's /etc files were written for (kubelet: once per sandbox)."""
         self.status: dict[str, Any] | None = None
         self._probes = PodProbes(pod, self.poke, self._probe_event, ctx.clock)
         self._configs: dict[str, ContainerConfig] = {}
@@ -304,6 +319,11 @@ class PodWorker:
         self._exit_messages: dict[tuple[str, int], str] = {}
         """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
         self._oom_checked: set[tuple[str, int]] = set()
+        self._image_waits: dict[str, ImageError] = {}
+        """Containers held back by their image (ErrImagePull, ImagePullBackOff, ...) until
+        its ``retry_at``: the image's back-off, never the container's CrashLoopBackOff."""
+        self._images: dict[str, tuple[str, str]] = {}
+        """(image, imageID) each container was last started on, for its status."""
         self.state = WorkerState.WAITING
         self.done = asyncio.Event()
         """Set once TERMINATED: the next pod of the same full name may start."""
@@ -373,7 +393,7 @@ class PodWorker:
         self._wake.clear()
 
     def _actions(self, sandbox: SandboxStatus | None) -> PodActions:
-        return compute_pod_actions(
+        actions = compute_pod_actions(
             self.uid,
             f"{self.pod.name}_{self.pod.namespace}({self.uid})",
             self.pod.spec,
@@ -382,6 +402,20 @@ class PodWorker:
             self._ctx.backoff,
             self._ctx.clock(),
         )
+        self._hold_for_images(actions)
+        return actions
+
+    def _hold_for_images(self, actions: PodActions) -> None:
+        """A start whose image failed waits, with the image's reason, until the image may be
+        tried again (kubelet's image back-off; its next sync after a failed pull)."""
+        now = self._ctx.clock()
+        for start in list(actions.start):
+            wait = self._image_waits.get(start.name)
+            if wait is None or wait.retry_at <= now:
+                continue
+            actions.start.remove(start)
+            actions.waiting[start.name] = Waiting(wait.reason, wait.message)
+            actions.wake_no_later_than(wait.retry_at)
 
     async def _sync(self) -> float | None:
         """One pass: observe, decide, act, report. Returns when to sync again at the latest."""
@@ -413,6 +447,8 @@ class PodWorker:
             actions = self._actions(sandbox)
         starts = actions.start
         if starts and sandbox is not None and not await self._ensure_network(sandbox, actions):
+            starts = []
+        if starts and sandbox is not None and not await self._ensure_pod_files(sandbox, actions):
             starts = []
         for start in starts:
             await self._start_container(start, sandbox)
@@ -480,6 +516,11 @@ class PodWorker:
                 log.warning("cannot rebuild the config of adopted container %s container=%s: %s",
                             describe(self.pod), record.name, err)  # fmt: skip
                 continue
+            images = self._ctx.images
+            if images is not None and record.name not in self._images:
+                found = await asyncio.to_thread(images.image_of, container.get("image", ""))
+                if found is not None:
+                    self._images[record.name] = (found.name, found.image_id)
             driver = self._ctx.cgroups
             procs = driver.container_procs(self.uid, self._qos, record.name) if driver else []
             self._configs[record.name] = dataclasses.replace(
@@ -605,21 +646,56 @@ class PodWorker:
             actions.wake_no_later_than(now + NETWORK_RETRY_SECONDS)
             return False
         self._pod_ips, self._network_holder = result.ips, holder
-        await asyncio.to_thread(self._write_hosts_file)
         return True
 
-    def _hosts_path(self) -> Path:
-        return safepath.child(self._ctx.config.pods_state_dir, self.uid) / "etc-hosts"
+    async def _ensure_pod_files(self, sandbox: SandboxStatus, actions: PodActions) -> bool:
+        """The pod's ``/etc/hostname``, ``/etc/hosts`` and ``/etc/resolv.conf``, written once
+        per holder (after its network, for the IPs) before any container starts. A resolver
+        file that cannot be read holds every start back, as it fails kubelet's sandbox."""
+        holder = sandbox.holder_pid
+        if holder is None or self._files_holder == holder:
+            return True
+        try:
+            events = await asyncio.to_thread(self._write_pod_files)
+        except (dns.DnsError, OSError) as err:
+            now = self._ctx.clock()
+            name = f"{self.pod.name}_{self.pod.namespace}({self.uid})"
+            message = f'Failed to generate sandbox config for pod "{name}": {err}'
+            log.warning("pod %s: %s", describe(self.pod), message)
+            self._event(
+                reasons.EVENT_WARNING,
+                reasons.FAILED_CREATE_POD_SANDBOX,
+                f"Failed to create pod sandbox: {err}",
+            )
+            for start in actions.start:
+                self._record_failure(start.name, reasons.CREATE_POD_SANDBOX_ERROR, message, now)
+                actions.waiting[start.name] = Waiting(reasons.CREATE_POD_SANDBOX_ERROR, message)
+            actions.wake_no_later_than(now + NETWORK_RETRY_SECONDS)
+            return False
+        for event in events:  # kubelet's events; every start of a pod logs them: info only
+            log.info("pod %s: %s: %s", describe(self.pod), event.reason, event.message)
+            self._event(reasons.EVENT_WARNING, event.reason, event.message)
+        self._files_holder = holder
+        return True
 
-    def _write_hosts_file(self) -> None:
-        """kubelet's managed ``/etc/hosts`` with the pod's IPs, replaced atomically."""
-        path = self._hosts_path()
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        hostname = pod_hostname(self.pod, self._ctx.node_hostname)
-        tmp = path.with_name(".etc-hosts.tmp")
-        tmp.write_text(hosts_file(self.pod, hostname, self._pod_ips))
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
+    def _pod_file(self, name: str) -> Path:
+        return safepath.child(self._ctx.config.pods_state_dir, self.uid) / name
+
+    def _write_pod_files(self) -> list[dns.DnsEvent]:
+        """kubelet's and containerd's files for the pod, each replaced atomically."""
+        pod, config = self.pod, self._ctx.config
+        self._pod_file(hostsfile.HOSTS_FILE).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        resolv, events = dns.pod_resolv_conf(pod, dns.node_dns(config))
+        hostname = pod_hostname(pod, self._ctx.node_hostname)
+        node_hosts = Path(hostsfile.NODE_HOSTS).read_bytes().decode("utf-8", "surrogateescape")
+        hosts = hostsfile.pod_hosts(pod, hostname, self._pod_ips, config.cluster_domain, node_hosts)
+        kernel_name = socket.gethostname() if pod.host_network else hostname  # containerd's
+        dns.write_file(self._pod_file(dns.RESOLV_CONF_FILE), resolv)
+        dns.write_file(self._pod_file(dns.HOSTNAME_FILE), dns.hostname_text(kernel_name).encode())
+        dns.write_file(
+            self._pod_file(hostsfile.HOSTS_FILE), hosts.encode("utf-8", "surrogateescape")
+        )
+        return events
 
     async def _check_local_storage(self) -> None:
         """kubelet's eviction manager for emptyDir ``sizeLimit`` (every ``USAGE_CHECK_SECONDS``):
@@ -752,7 +828,7 @@ class PodWorker:
             )
 
     def _pod_context(self, sandbox: SandboxStatus | None) -> PodContext:
-        pod, config = self.pod, self._ctx.config
+        pod, config, images = self.pod, self._ctx.config, self._ctx.images
         assert self._volume_paths is not None, "volumes are prepared before any container"
         return PodContext(
             pod=pod,
@@ -762,9 +838,19 @@ class PodWorker:
             pod_logs_dir=config.pod_logs_dir,
             volume_paths=self._volume_paths,
             security=node_security(config),
-            hosts_file=str(self._hosts_path()) if self._network_holder is not None else None,
+            hosts_file=self._written_file(hostsfile.HOSTS_FILE),
+            hostname_file=self._written_file(dns.HOSTNAME_FILE),
+            resolv_conf_file=self._written_file(dns.RESOLV_CONF_FILE),
             user_namespace=self._user_namespace(),
+            # No image store: every image is the node's own, as before images existed.
+            images=functools.partial(local_image, images.store) if images else _no_image,
+            is_host_image=images.is_host if images else _every_image_is_host,
+            pod_dir=safepath.child(config.pods_state_dir, self.uid),
         )
+
+    def _written_file(self, name: str) -> str | None:
+        """A managed file for the PodContext, once written for the current holder."""
+        return str(self._pod_file(name)) if self._files_holder is not None else None
 
     def _user_namespace(self) -> UserNamespace | None:
         """The block recorded when the sandbox was made (kept across agent restarts)."""
@@ -779,7 +865,35 @@ class PodWorker:
         key = "initContainers" if start.init else "containers"
         return next(c for c in self.pod.spec[key] if c["name"] == start.name)
 
+    async def _ensure_image(self, start: StartAction) -> bool:
+        """kubelet's ``EnsureImageExists`` before a start: the image present (pulled per
+        imagePullPolicy), or the container held with the image's reason. Only this pod waits
+        for a pull; another pod wanting the same image joins it."""
+        images = self._ctx.images
+        if images is None:
+            return True
+        container = self._container_spec(start)
+        path = self._field_path(start.name)
+        try:
+            present = await images.ensure(
+                self.uid,
+                container.get("image", ""),
+                container.get("imagePullPolicy"),
+                lambda type_, reason, message: self._event(type_, reason, message, path),
+            )
+        except ImageError as err:
+            self._image_waits[start.name] = err
+            log.warning("container waits for its image %s container=%s: %s: %s",
+                        describe(self.pod), start.name, err.reason, err.message)  # fmt: skip
+            self._event(reasons.EVENT_WARNING, reasons.FAILED_EVENT, f"Error: {err.reason}", path)
+            return False
+        self._image_waits.pop(start.name, None)
+        self._images[start.name] = (present.name, present.image_id)
+        return True
+
     async def _start_container(self, start: StartAction, sandbox: SandboxStatus | None) -> None:
+        if not await self._ensure_image(start):
+            return
         now = self._ctx.clock()
         if start.restart_of is not None:  # a restart opens or doubles the window
             self._ctx.backoff.next(backoff_key(self.uid, start.name), start.restart_of, now)
@@ -898,6 +1012,7 @@ class PodWorker:
             self.status,
             self._ctx.clock(),
             self._probes,
+            self._images,
         )
         self.status = status
         self._ctx.on_status(self.uid, status)
@@ -945,4 +1060,6 @@ class PodWorker:
                 else:
                     await asyncio.sleep(RETRY_AFTER_ERROR_SECONDS)
         self._ctx.backoff.forget_prefix(f"{pod.uid}/")
+        if self._ctx.images is not None:
+            self._ctx.images.forget_pod(pod.uid)
         log.info("pod removed %s", describe(pod))
