@@ -26,7 +26,7 @@ from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.peerroutes import PeerRoutes, peer_routes
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
-from nodelet.image.manager import image_manager
+from nodelet.image.manager import image_manager, is_image_failure
 from nodelet.logs import retention, rotation
 from nodelet.manifest import schemacache, warnings
 from nodelet.manifest.merge import MergedSources
@@ -381,7 +381,8 @@ class Agent:
         error = None
         if reason == reasons.FAILED_EVENT:
             error = self._measured.take_start_error(pod.uid, container_name(field_path))
-        self.metrics.pod_event(reason, field_path, error)
+        if not (reason == reasons.FAILED_EVENT and is_image_failure(message)):
+            self.metrics.pod_event(reason, field_path, error)
         if self.cluster is not None:
             self.cluster.pod_event(pod, type_, reason, message, field_path)
 

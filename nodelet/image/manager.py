@@ -42,6 +42,7 @@ ERR_IMAGE_PULL = "ErrImagePull"
 IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
 INVALID_IMAGE_NAME = "InvalidImageName"
 ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+IMAGE_REASONS = (ERR_IMAGE_PULL, IMAGE_PULL_BACK_OFF, INVALID_IMAGE_NAME, ERR_IMAGE_NEVER_PULL)
 """Waiting reasons (kubelet's ``pkg/kubelet/images/types.go``)."""
 
 PULLING_EVENT = "Pulling"
@@ -307,3 +308,11 @@ def image_manager(
         store.try_clear_tmp()
     puller = registry_puller(store, insecure_registries, root_dir / "config.json")
     return ImageManager(store, puller, Backoff(backoff_initial, backoff_max), host_images)
+
+
+def is_image_failure(message: str) -> bool:
+    """A ``Failed`` event about a container's image ("Failed to pull image ...", "Error:
+    ErrImagePull"): kubelet's start counters never see those, the runtime was not asked."""
+    return message.startswith("Failed to pull image ") or any(
+        message == f"Error: {reason}" for reason in IMAGE_REASONS
+    )

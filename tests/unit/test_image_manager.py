@@ -22,6 +22,7 @@ from nodelet.image.manager import (
     ImageManager,
     PresentImage,
     go_duration,
+    is_image_failure,
 )
 from nodelet.image.registry import RegistryError
 from nodelet.image.store import ImageRecord, ImageStore
@@ -340,3 +341,20 @@ def test_status_shows_the_image_a_container_ran_on() -> None:
     assert (ran["image"], ran["imageID"]) == shown["a"]
     # No run yet: the spec's text and no ID, as kubelet before the runtime knows the container.
     assert (waiting["image"], waiting["imageID"]) == ("busybox", "")
+
+
+@pytest.mark.parametrize(
+    ("message", "about_the_image"),
+    [
+        ('Failed to pull image "nlt/x:1": 404 Not Found', True),
+        ("Error: ErrImagePull", True),
+        ("Error: ImagePullBackOff", True),
+        ("Error: InvalidImageName", True),
+        ("Error: ErrImageNeverPull", True),
+        ("Error: failed to start: exec: no such file", False),
+        ('Error: container "c": no command specified', False),
+    ],
+)
+def test_image_failures_are_told_from_start_failures(message: str, about_the_image: bool) -> None:
+    """The agent's start counters skip image failures, as kubelet's: the runtime was not asked."""
+    assert is_image_failure(message) is about_the_image
