@@ -5,9 +5,9 @@ the run is chosen from the container's status as kubelet's ``validateContainerLo
 does, and the bytes come from ``nodelet.logs.reader``, the reader ``nodelet logs`` uses:
 rotated files of the run are read too (kubelet reads only the current one), so a ``--tail``
 across a rotation is whole; a plain request (the whole run, as written) is converted by the
-block, to the same bytes (``run_bytes``). ``follow`` ends when the followed run ends or the client goes
-away. File reading runs in a thread of the request's own, so a slow disk never stalls the
-agent's loop and a long ``-f`` never holds a worker of the shared executor.
+block, to the same bytes (``run_bytes``). ``follow`` ends when the followed run ends or the
+client goes away. File reading runs in a thread of the request's own, so a slow disk never
+stalls the agent's loop and a long ``-f`` never holds a worker of the shared executor.
 """
 
 from __future__ import annotations
