@@ -21,7 +21,7 @@ import pytest
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from tests.agentharness import Agent, agent_session, wait_for
+from tests.agentharness import Agent, agent_session, free_port, wait_for
 from tests.e2e.apiserver import ApiServer, api_client, find_binaries, running_apiserver
 
 pytestmark = pytest.mark.e2e
@@ -141,10 +141,19 @@ def agent_args(api: ApiServer, node: str, *extra: str) -> list[str]:
 @pytest.fixture
 def cluster(apiserver: ApiServer) -> Iterator[Cluster]:
     node = new_node()
-    with agent_session(agent_args(apiserver, node, "--node-status-update-frequency", "1s")) as make:
+    # The kubelet API on a port of its own (the harness turns it off): the Node advertises it.
+    serving = ["--port", str(free_port()), "--address", "127.0.0.1"]
+    args = agent_args(apiserver, node, "--node-status-update-frequency", "1s", *serving)
+    with agent_session(args) as make:
         agent = make()
         agent.start()
         yield Cluster(apiserver, agent, node)
+
+
+def kubelet_port(agent: Agent) -> int:
+    """The agent's ``--port`` (the last one given wins, as argparse takes it)."""
+    args = agent.extra_args
+    return int(args[len(args) - 1 - args[::-1].index("--port") + 1])
 
 
 def assert_no_refusals(cluster: Cluster) -> None:
@@ -172,7 +181,7 @@ def test_node_registered_ready_and_lease_renewed(cluster: Cluster) -> None:
     assert status["capacity"]["pods"] == "110"
     assert int(status["capacity"]["cpu"]) == os.cpu_count()
     assert "nodelet" in status["nodeInfo"]["kubeletVersion"]
-    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == kubelet_port(cluster.agent)
     conditions = [c["type"] for c in status["conditions"]]
     assert conditions == ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
     assert all(c["status"] == "False" for c in status["conditions"][:3])
