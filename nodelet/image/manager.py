@@ -273,13 +273,21 @@ class _ProgressLog:
             log.info("pulling %s: %.1f MB so far", self.name, self.total / 1e6)
 
 
-def registry_puller(store: ImageStore, insecure: tuple[str, ...], auth_file: Path | None) -> Puller:
+def registry_puller(
+    store: ImageStore,
+    insecure: tuple[str, ...],
+    auth_file: Path | None,
+    certs_dir: Path | None = None,
+) -> Puller:
     """Pulls from the image's registry under the store's shared lock; credentials are read from
-    ``auth_file`` (a docker ``config.json``) at every pull, so an edit needs no restart."""
+    ``auth_file`` (a docker ``config.json``) at every pull, so an edit needs no restart; a
+    registry's CAs from ``certs_dir/<host:port>/*.crt``, also at every pull."""
 
     def pull(name: str) -> ImageRecord:
         credentials = registry.load_docker_config(auth_file) if auth_file else {}
-        options = registry.RegistryOptions(insecure=insecure, credentials=credentials)
+        options = registry.RegistryOptions(
+            insecure=insecure, credentials=credentials, certs_dir=certs_dir
+        )
         progress = _ProgressLog(name)
         started = time.monotonic()
         log.info("pulling %s", name)
@@ -300,13 +308,16 @@ def image_manager(
     backoff_max: float,
 ) -> ImageManager:
     """The agent's manager: the store under ``root_dir/images``, credentials from
-    ``root_dir/config.json`` (kubelet's ``/var/lib/kubelet/config.json``), the back-off of
+    ``root_dir/config.json`` (kubelet's ``/var/lib/kubelet/config.json``), registry CAs from
+    ``root_dir/certs.d/<host:port>/*.crt`` (containerd's hosts dir), the back-off of
     CrashLoopBackOff (kubelet uses the same 10 s and 300 s for images). Clears what a killed
     pull left in ``tmp/`` unless a CLI writer holds the store now."""
     store = ImageStore(root_dir)
     if store.tmp.is_dir():
         store.try_clear_tmp()
-    puller = registry_puller(store, insecure_registries, root_dir / "config.json")
+    puller = registry_puller(
+        store, insecure_registries, root_dir / "config.json", registry.certs_dir_of(root_dir)
+    )
     return ImageManager(store, puller, Backoff(backoff_initial, backoff_max), host_images)
 
 

@@ -6,7 +6,11 @@ way; what the node needs is small (a ping, a token, a manifest, blobs streamed i
 verifies them), so it is written here on the stdlib, ~200 lines.
 
 Promises:
-- HTTPS with the system CA bundle (plus ``ca_file``); plain HTTP only for a registry in
+- HTTPS with the system CA bundle, plus ``ca_file`` and the registry's own CAs: every ``*.crt``
+  in ``certs_dir/<host:port>/`` (docker's and containerd's ``certs.d/<host>/ca.crt`` layout; the
+  agent and ``nodelet image`` use ``<root-dir>/certs.d``, see :func:`certs_dir_of`), so a node
+  trusts a private registry's CA without touching the system store. Plain HTTP only for a
+  registry in
   ``insecure`` or on loopback (``localhost``, ``127.0.0.0/8``, ``::1``), tried after HTTPS fails
   as docker does for insecure registries.
 - Auth: a ``Bearer`` challenge is answered with a token from its realm (``service``, ``scope``;
@@ -59,9 +63,23 @@ class RegistryOptions:
     insecure: tuple[str, ...] = ()
     """Registries (``host`` or ``host:port``) that may be reached over plain HTTP."""
     ca_file: Path | None = None
+    certs_dir: Path | None = None
+    """Per-registry CAs: ``certs_dir/<host:port>/*.crt`` (docker's and containerd's layout)."""
     credentials: dict[str, Credentials] = field(default_factory=dict)
     """By registry host, as in a docker ``config.json``'s ``auths``."""
     timeout: float = TIMEOUT
+
+
+def certs_dir_of(root_dir: Path) -> Path:
+    """Where a node keeps its registries' CAs: ``<root-dir>/certs.d/<host:port>/ca.crt``."""
+    return root_dir / "certs.d"
+
+
+def registry_cas(certs_dir: Path, host: str) -> list[Path]:
+    """The ``*.crt`` files (PEM CAs) for ``host`` under ``certs_dir``, sorted."""
+    if "/" in host or host in ("", ".", ".."):
+        return []
+    return sorted(p for p in (certs_dir / host).glob("*.crt") if p.is_file())
 
 
 def load_docker_config(path: Path) -> dict[str, Credentials]:
@@ -107,6 +125,9 @@ class RegistryClient:
         context = ssl.create_default_context()
         if options.ca_file is not None:
             context.load_verify_locations(cafile=str(options.ca_file))
+        if options.certs_dir is not None:
+            for ca in registry_cas(options.certs_dir, host):
+                context.load_verify_locations(cafile=str(ca))
         # urllib's redirect handler follows 30x for GET and drops "unredirected" headers,
         # which is how Authorization is added here.
         self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
@@ -138,7 +159,15 @@ class RegistryClient:
             if not self.may_use_http or self.scheme == "http":
                 raise RegistryError(f"registry {self.host}: {_reason(error)}") from None
             self.scheme = "http"
-            self.ping()
+            try:
+                self.ping()
+            except RegistryError as plain:
+                # Both failed: the HTTPS error first (an untrusted certificate is the likely
+                # cause), not only the "400" an HTTPS-only server answers plain HTTP with.
+                why = str(plain).removeprefix(f"registry {self.host}: ")
+                raise RegistryError(
+                    f"registry {self.host}: {_reason(error)} (plain HTTP: {why})"
+                ) from None
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         kind, _, params = challenge.partition(" ")
