@@ -100,11 +100,25 @@ def login(root: Path, host: str, user: str, password: str) -> None:
     (root / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
 
 
-def our_mounts(agent: Agent) -> list[str]:
-    """Lines of the host's mount table naming this agent's dirs (mount point, overlay
-    upper/lower/work dir or bind source)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as table:
-        return [line for line in table if str(agent.base) in line]
+def our_mounts(agent: Agent, every_namespace: bool = False) -> list[str]:
+    """Lines of the host's mount table (or, ``every_namespace``, of every process's: a
+    container's overlay is only in its own mount namespace) naming this agent's dirs: mount
+    point, overlay upper/lower/work dir, bind source."""
+    tables = (
+        Path("/proc").glob("[0-9]*/mountinfo")
+        if every_namespace
+        else [Path("/proc/self/mountinfo")]
+    )
+    found = []
+    for table in tables:
+        try:
+            text = table.read_text(encoding="utf-8")
+        except OSError:  # the process ended
+            continue
+        found += [
+            f"{table.parent.name}: {line}" for line in text.splitlines() if str(agent.base) in line
+        ]
+    return found
 
 
 def pod_dir(agent: Agent, pod: dict[str, Any]) -> Path:
@@ -193,10 +207,13 @@ def test_pod_runs_the_pulled_image_as_its_config_says_and_leaves_nothing(
     base = json.loads(nodelet_image(agent.root, "inspect", pushed["base"]))
     assert base["layers"][0]["diffID"] == base_diff
     assert [line for line in our_mounts(agent) if " overlay " in line] == []
+    # The overlays are in the containers' mount namespaces, upper dirs under the pod's dir.
+    overlays = [line for line in our_mounts(agent, every_namespace=True) if " overlay " in line]
+    assert any(f"upperdir={upper}" in line for line in overlays), overlays
     remove(agent, "run", pod)
     assert not upper.exists()
     assert not Path(f"/{marker}").exists()
-    assert our_mounts(agent) == []
+    assert our_mounts(agent, every_namespace=True) == []
 
 
 def test_skopeo_archives_imported_into_the_node_run(agent: Agent, tmp_path: Path) -> None:
@@ -226,7 +243,7 @@ def test_skopeo_archives_imported_into_the_node_run(agent: Agent, tmp_path: Path
         status = agent.container_status("imported", name)
         assert status is not None and status["imageID"]
     remove(agent, "imported", pod)
-    assert our_mounts(agent) == []
+    assert our_mounts(agent, every_namespace=True) == []
 
 
 def blob_digests_verify(root: Path) -> None:
@@ -263,6 +280,9 @@ def test_agent_killed_during_a_pull_finishes_it_on_its_next_start(
         second.start()
         pod = wait_for(lambda: second.running("big"), 60, "big running after the restart")
         assert second.log_value(pod, "c", "uid") == "1000:1000"
+        # Both agents (one log) started the pull: the second redid what the first left.
+        started = f"nodelet.image.manager: pulling {reference}\n"
+        assert second.output.read_text().count(started) == 2
         info = json.loads(nodelet_image(second.root, "inspect", reference))
         assert info["id"] == sha(image.config())
         assert info["manifest"] == sha(image.manifest())
