@@ -79,8 +79,9 @@ def store_image(
     def one(item: tuple[str, mf.Descriptor]) -> None:
         diff_id, layer = item
         if not store.has_blob(layer.digest):
-            with fetch(layer) as stream:
-                store.ingest(stream, layer.digest, layer.size, progress)
+            with fetch(layer) as stream:  # stored and unpacked in one pass
+                store.ingest_layer(stream, layer.digest, layer.size, diff_id, progress)
+            return
         try:
             store.ensure_layer(layer.digest, diff_id)
         except Exception as error:

@@ -12,7 +12,8 @@ Layout::
     images/tmp/                     writes in progress; anything left here is never trusted
 
 Trust rule: a path under ``blobs/`` or ``layers/`` exists only once its content was verified
-against its digest and fsync'd (a file: fsync then rename; a layer dir: syncfs then rename), and
+against its digest and fsync'd (a file: fsync then rename; a layer dir: syncfs then rename; a
+layer's blob pulled with it: that same syncfs, then both renamed), and
 a name enters the index only once every blob and layer of its image is in place. So a kill at
 any point leaves only ``tmp/`` debris, which the next exclusive writer clears. Writers that
 share the lock (pulls of different images) never collide: temp names are unique, a blob renamed
@@ -101,6 +102,53 @@ def _syncfs(path: Path) -> None:
             raise OSError(error, f"syncfs {path}: {os.strerror(error)}")
     finally:
         os.close(fd)
+
+
+class _StoringReader:
+    """What the unpacker reads of a download, written to the blob's temp file and hashed on
+    the way; the stream's own errors are kept, so they are raised as they are, not as the
+    unpacker's."""
+
+    def __init__(
+        self, stream: BinaryIO, out: BinaryIO, size: int, progress: Progress | None
+    ) -> None:
+        self.stream, self.out, self.size, self.progress = stream, out, size, progress
+        self.hash = hashlib.sha256()
+        self.written = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error is not None:
+            raise self.error
+        try:
+            data = self.stream.read(size if size >= 0 else _CHUNK)
+        except BaseException as error:
+            self.error = error
+            raise
+        self.hash.update(data)
+        self.out.write(data)
+        self.written += len(data)
+        if self.written > self.size:
+            self.error = DigestMismatchError(f"content is more than the {self.size} bytes expected")
+            raise self.error
+        if self.progress is not None and data:
+            self.progress(len(data))
+        return data
+
+    def finish(self, expected: str) -> None:
+        """Read and store the rest (bytes the unpacker did not need), then check the blob;
+        a failed download or a wrong blob raises here."""
+        if self.error is None:
+            while self.read(_CHUNK):
+                pass
+        if self.error is not None:
+            raise self.error
+        digest = "sha256:" + self.hash.hexdigest()
+        if digest != expected or self.written != self.size:
+            raise DigestMismatchError(
+                f"content is {digest} ({self.written} bytes), expected {expected} "
+                f"({self.size} bytes)"
+            )
 
 
 class ImageStore:
@@ -267,6 +315,51 @@ class ImageStore:
             if work.exists():
                 _remove_tree(work)
             raise
+        _fsync_dir(self.layers)
+        return final
+
+    def ingest_layer(
+        self,
+        stream: BinaryIO,
+        blob_digest: str,
+        size: int,
+        diff_id: str,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Store a layer's blob and unpack it in the same pass over ``stream`` (a download),
+        rather than writing the blob and reading it back; both are verified (digest and size,
+        diff_id) before either is renamed in. One syncfs makes the blob and the layer durable
+        (instead of an fsync for the blob and a syncfs for the layer). A failure of the
+        download itself, or a blob that is not what its digest says, is raised as ``ingest``
+        raises it; an unpack failure of an intact blob as ``ImageStoreError("layer D: ...")``."""
+        final = self.layer_dir(diff_id)
+        blob_temp, work = self.temp_path("blob"), self.temp_path("layer")
+        work.mkdir(mode=0o755)
+        try:
+            with open(blob_temp, "xb") as out:
+                tee = _StoringReader(stream, out, size, progress)
+                try:
+                    unpack_layer(tee, str(work), diff_id)
+                except Exception as error:
+                    tee.finish(blob_digest)  # a damaged download is the cause, if it is one
+                    raise ImageStoreError(f"layer {blob_digest}: {error}") from error
+                tee.finish(blob_digest)
+            os.chmod(blob_temp, 0o600)
+            _syncfs(work)
+            os.rename(blob_temp, self.blob_path(blob_digest))
+            try:
+                os.rename(work, final)
+            except OSError as error:
+                # A sibling pull (another image, same diff) renamed its copy in first.
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+                    raise
+                _remove_tree(work)
+        except BaseException:
+            blob_temp.unlink(missing_ok=True)
+            if work.exists():
+                _remove_tree(work)
+            raise
+        _fsync_dir(self.blobs)
         _fsync_dir(self.layers)
         return final
 

@@ -37,7 +37,7 @@ import tarfile
 import threading
 import zlib
 from collections.abc import Iterator
-from typing import IO, BinaryIO
+from typing import IO, Protocol
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -48,6 +48,12 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip member: header, deflate, CRC-32 and size checked
+
+
+class Readable(Protocol):
+    """A layer blob: a file, bytes in memory, or a download being stored as it is read."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class UnsafeLayerError(Exception):
@@ -66,11 +72,12 @@ class _LayerReader:
     current chunk by offset, without copying the rest of it.
     """
 
-    def __init__(self, raw: IO[bytes], gzipped: bool) -> None:
+    def __init__(self, raw: Readable, gzipped: bool, head: bytes = b"") -> None:
+        """``head``: bytes already read from ``raw`` (to sniff the compression)."""
         self.raw = raw
         self.hash = hashlib.sha256()
         self._inflate = zlib.decompressobj(_GZIP_WBITS) if gzipped else None
-        self._pending = b""  # compressed input not inflated yet (bounded by max_length)
+        self._pending = head  # compressed input not inflated yet (bounded by max_length)
         self._chunk = b""
         self._offset = 0
         self._done = False
@@ -104,7 +111,7 @@ class _LayerReader:
 
     def _next(self) -> bytes:
         if self._inflate is None:
-            data = self.raw.read(_CHUNK)
+            data, self._pending = self._pending or self.raw.read(_CHUNK), b""
             self._done = not data
             return data
         if not self._pending:
@@ -128,50 +135,40 @@ class _LayerReader:
 
 
 @contextlib.contextmanager
-def decompressed(blob: BinaryIO) -> Iterator[_LayerReader]:
-    """The layer's tar stream, whatever the compression its first bytes show."""
+def decompressed(blob: Readable) -> Iterator[_LayerReader]:
+    """The layer's tar stream, whatever the compression its first bytes show. ``blob`` is read
+    once, front to back, never sought: it may be a download stored as it is unpacked."""
     head = blob.read(4)
-    blob.seek(0)
     if head.startswith(GZIP_MAGIC):
-        yield _LayerReader(blob, gzipped=True)
+        yield _LayerReader(blob, gzipped=True, head=head)
         return
     if head == ZSTD_MAGIC:
         if shutil.which("zstd") is None:
             raise UnsafeLayerError(
                 "layer is zstd-compressed and the zstd binary is missing (install Debian's zstd)"
             )
-        try:
-            blob.fileno()
-            feed = None
-        except (OSError, ValueError):
-            feed = blob  # an in-memory blob: fed through a pipe by a thread
         with subprocess.Popen(
-            ["zstd", "-d", "-c", "-q"],
-            stdin=subprocess.PIPE if feed is not None else blob,
-            stdout=subprocess.PIPE,
+            ["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         ) as proc:
-            assert proc.stdout is not None
-            feeder = None
-            if feed is not None:
-                assert proc.stdin is not None
-                feeder = threading.Thread(target=_feed, args=(feed, proc.stdin), daemon=True)
-                feeder.start()
+            assert proc.stdin is not None and proc.stdout is not None
+            feeder = threading.Thread(target=_feed, args=(head, blob, proc.stdin), daemon=True)
+            feeder.start()
             try:
                 yield _LayerReader(proc.stdout, gzipped=False)
                 proc.stdout.read()
             finally:
                 proc.stdout.close()
                 code = proc.wait()
-                if feeder is not None:
-                    feeder.join()
+                feeder.join()
             if code != 0:
                 raise UnsafeLayerError(f"zstd could not decompress the layer (exit {code})")
         return
-    yield _LayerReader(blob, gzipped=False)
+    yield _LayerReader(blob, gzipped=False, head=head)
 
 
-def _feed(source: BinaryIO, sink: IO[bytes]) -> None:
+def _feed(head: bytes, source: Readable, sink: IO[bytes]) -> None:
     try:
+        sink.write(head)
         while chunk := source.read(_CHUNK):
             sink.write(chunk)
     except BrokenPipeError:
@@ -181,7 +178,7 @@ def _feed(source: BinaryIO, sink: IO[bytes]) -> None:
             sink.close()
 
 
-def unpack_layer(blob: BinaryIO, dest: str, diff_id: str | None) -> None:
+def unpack_layer(blob: Readable, dest: str, diff_id: str | None) -> None:
     """Unpack ``blob`` into the empty dir ``dest``; check the uncompressed digest."""
     root = os.open(dest, _DIR_FLAGS)
     try:
