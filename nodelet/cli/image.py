@@ -214,13 +214,14 @@ class _Progress:
 
 def _pull(store: ImageStore, args: argparse.Namespace) -> int:
     from nodelet.image.reference import parse
-    from nodelet.image.registry import RegistryOptions, load_docker_config, pull
+    from nodelet.image.registry import RegistryOptions, certs_dir_of, load_docker_config, pull
 
     name = str(parse(args.image))
     auth_file = args.auth_file or args.root_dir / "config.json"
     options = RegistryOptions(
         insecure=tuple(args.insecure_registry),
         ca_file=args.ca_file,
+        certs_dir=certs_dir_of(args.root_dir),
         credentials=load_docker_config(auth_file),
     )
     progress = _Progress(name)
