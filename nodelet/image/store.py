@@ -43,7 +43,7 @@ from typing import Any, BinaryIO
 
 from nodelet.image import manifest as mf
 from nodelet.image.reference import InvalidImageNameError, parse
-from nodelet.image.unpack import unpack_layer
+from nodelet.image.unpack import start_writeback, unpack_layer
 
 _CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -127,6 +127,8 @@ class _StoringReader:
             raise
         self.hash.update(data)
         self.out.write(data)
+        self.out.flush()  # the disk starts on big pieces now (the reads here are 1 MiB)
+        start_writeback(self.out.fileno(), self.written, len(data))
         self.written += len(data)
         if self.written > self.size:
             self.error = DigestMismatchError(f"content is more than the {self.size} bytes expected")
