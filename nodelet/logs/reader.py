@@ -450,14 +450,23 @@ def _read_lines(path: Path) -> list[bytes]:
     """A rotated or current file's lines (decompressed); none when it is gone meanwhile."""
     if _LOG_FILE.fullmatch(path.name):
         try:
-            return path.read_bytes().splitlines()
+            return split_lines(path.read_bytes())
         except FileNotFoundError:
             return []
     file = open_rotated(path)
     if file is None:
         return []
     with file:
-        return file.read().splitlines()
+        return split_lines(file.read())
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """CRI lines end at ``\n`` only (kubelet's reader): a ``\r`` inside a message (a
+    progress bar) is part of it, which ``bytes.splitlines`` would cut."""
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def _file_messages(path: Path, reassembler: Reassembler) -> Iterator[LogMessage]:

@@ -33,6 +33,7 @@ from nodelet.logs.reader import (
     parse_line,
     read_run,
     rfc3339_nano,
+    split_lines,
     timestamp_ns,
 )
 from nodelet.logs.rotation import open_rotated, rotated_files
@@ -50,12 +51,12 @@ READ_SIZE = 1 << 20
 """Bytes the reading thread takes from a log file at a time for a whole-run answer."""
 _FULL_LINE = re.compile(
     rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d) "
-    rb"(?:stdout|stderr) F ([^\n\r]*\n)",
+    rb"(?:stdout|stderr) F ([^\n]*\n)",
     re.MULTILINE,
 )
-"""A plain full line (no ``P`` chunk, no extra tag, no CR that ``splitlines`` would cut at),
-its message as the group. A match starts at a line start and ends at that line's newline, so
-as many matches as newlines means every line of the block is one."""
+"""A plain full line (no ``P`` chunk, no extra tag), its message as the group. A match starts
+at a line start and ends at that line's newline, so as many matches as newlines means every
+line of the block is one."""
 _INT64 = re.compile(r"[+-]?\d+")
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 
@@ -301,7 +302,7 @@ def run_bytes(current: Path) -> Iterator[bytes]:
                     yield b"".join(found)
                     continue
             out = []
-            for line in block.splitlines():
+            for line in split_lines(block):
                 chunk = parse_line(line)
                 if chunk is None:
                     continue

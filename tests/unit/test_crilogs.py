@@ -22,6 +22,7 @@ from nodelet.logs.reader import (
     follow_messages,
     iter_messages,
     parse_line,
+    read_run,
 )
 
 pytestmark = pytest.mark.unit
@@ -142,6 +143,14 @@ def test_iter_messages_on_a_file(tmp_path: Path) -> None:
 def test_iter_messages_reads_an_unfinished_last_line(tmp_path: Path) -> None:
     path = write_log(tmp_path / "0.log", cri("stdout", "F", "one"), f"{TS} stdout F two")
     assert texts(iter_messages(path)) == [b"one\n", b"two\n"]
+
+
+def test_a_carriage_return_inside_a_message_is_kept(tmp_path: Path) -> None:
+    """CRI lines end at \\n only: a progress bar's \\r is content, not a line end."""
+    path = write_log(
+        tmp_path / "0.log", cri("stdout", "F", "10%\r50%\r100%"), cri("stderr", "F", "x")
+    )
+    assert texts(read_run(path)) == [b"10%\r50%\r100%\n", b"x\n"]
 
 
 # --- locating logs ------------------------------------------------------------------------
