@@ -32,8 +32,11 @@ def _pull_policy(image: str) -> str:
 
 def _container_defaults(container: dict[str, Any]) -> None:
     container.setdefault("imagePullPolicy", _pull_policy(str(container.get("image", ""))))
-    container.setdefault("terminationMessagePath", "/dev/termination-log")
-    container.setdefault("terminationMessagePolicy", "File")
+    # The API server's defaulting: an empty value counts as unset, as for Go's zero value.
+    container["terminationMessagePath"] = (
+        container.get("terminationMessagePath") or "/dev/termination-log"
+    )
+    container["terminationMessagePolicy"] = container.get("terminationMessagePolicy") or "File"
     for port in container.get("ports") or []:
         port.setdefault("protocol", "TCP")
 

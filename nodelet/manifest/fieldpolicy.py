@@ -57,9 +57,9 @@ _CONTAINER: dict[str, Policy] = {
     "volumeMounts[].mountPropagation": OK,
     "volumeDevices": FORBID,
     "imagePullPolicy": NOOP,
-    # The message file needs a container root of its own (the default path is in /dev): only
-    # the default is accepted, and FallbackToLogsOnError takes the message from the logs.
-    "terminationMessagePath": NO, "terminationMessagePolicy": OK,
+    # nodelet.pod.termination: a file per run, bound at the path (a host-image container gets
+    # it only over a file the host has, see containerprep._termination_mount).
+    "terminationMessagePath": OK, "terminationMessagePolicy": OK,
     "resources": S, "resources.requests": OK, "resources.limits": OK,
     "resources.claims": FORBID,
     "resizePolicy": NOOP,

@@ -487,6 +487,7 @@ def _container(
             error(f"{path}.workingDir", "must be an absolute path (the runtime needs one)")
         elif _has_backstep(working_dir):
             error(f"{path}.workingDir", "must not contain '..'")
+    _termination_message(container, path, error)
     _ids(_obj(container.get("securityContext")), f"{path}.securityContext", error)
     _env(container.get("env"), path, error)
     _ports(container.get("ports"), path, host_network, error)
@@ -494,6 +495,27 @@ def _container(
     _mounts(container.get("volumeMounts"), path, volumes, privileged, error)
     _lifecycle(_obj(container.get("lifecycle")), container, f"{path}.lifecycle", error)
     _resources(_obj(container.get("resources")), f"{path}.resources", error)
+
+
+TERMINATION_MESSAGE_POLICIES = ("File", "FallbackToLogsOnError")
+
+
+def _termination_message(container: dict[str, Any], path: str, error: ErrorSink) -> None:
+    """The API server's policy values; the path must be one the runtime can bind at (absolute,
+    as a mountPath: the API server leaves that to the runtime, which fails the start)."""
+    policy = container.get("terminationMessagePolicy")
+    if policy not in (None, "", *TERMINATION_MESSAGE_POLICIES):
+        error(
+            f"{path}.terminationMessagePolicy",
+            securitycontext.not_supported(policy, TERMINATION_MESSAGE_POLICIES),
+        )
+    target = container.get("terminationMessagePath")
+    if target is None or target == "":
+        return
+    if not isinstance(target, str) or not target.startswith("/"):
+        error(f"{path}.terminationMessagePath", "must be an absolute path")
+    elif _has_backstep(target):
+        error(f"{path}.terminationMessagePath", "must not contain '..'")
 
 
 ENFORCED_RESOURCES = ("cpu", "memory")

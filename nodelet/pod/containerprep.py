@@ -6,6 +6,7 @@ environment (with the downward API and ``$(VAR)`` expansion), argv, mounts, iden
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from nodelet.image.reference import is_host_image
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
 from nodelet.pod.hooks import HookError, handler_spec, stop_signal
+from nodelet.pod.termination import message_file, under_dev
 from nodelet.runtime.api import ContainerConfig, Mount, RootFs, SandboxConfig, UserNamespace
 from nodelet.security import paths, seccomp
 from nodelet.security.capabilities import CapabilityError, name_of
@@ -225,6 +227,9 @@ def build_container_config(
     )
     mounts = [_mount(ctx, name, mount, env) for mount in container.get("volumeMounts") or []]
     mounts[:0] = _managed_file_mounts(ctx, mounts, security.read_only_root)
+    message_mount = _termination_mount(ctx, container, attempt, image, security.privileged)
+    if message_mount is not None:
+        mounts.append(message_mount)  # last, as kubelet's makeMounts: over any volume
     lifecycle = container.get("lifecycle") or {}
     try:
         pre_stop = None
@@ -349,6 +354,31 @@ def _managed_file_mounts(ctx: PodContext, mounts: list[Mount], read_only_root: b
         for source, target, read_only in managed
         if source and target not in taken
     ]
+
+
+def _termination_mount(
+    ctx: PodContext,
+    container: Mapping[str, Any],
+    attempt: int,
+    image: ImageInfo | None,
+    privileged: bool,
+) -> Mount | None:
+    """The run's message file bound at ``terminationMessagePath`` (``nodelet.pod.termination``),
+    unless binding it would have to write on the host: the target is made in an image
+    container's own root, but never through a privileged container's ``/dev`` (the host's,
+    where kubelet with runc would leave ``/dev/termination-log`` behind). A ``host`` image
+    container gets it only where the path is a file on the host already and the container has
+    a mount namespace of its own (not privileged); else it has no file, as before."""
+    target = container.get("terminationMessagePath") or ""
+    if not target or ctx.pod_dir is None:
+        return None
+    if image is None:
+        if privileged or not os.path.isfile(target):
+            return None
+    elif privileged and under_dev(target):
+        return None
+    source = message_file(ctx.pod_dir, container["name"], attempt)
+    return Mount(str(source), target, read_only=False)
 
 
 def _mount(ctx: PodContext, name: str, mount: Mapping[str, Any], env: Mapping[str, str]) -> Mount:
