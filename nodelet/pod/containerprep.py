@@ -6,6 +6,7 @@ environment (with the downward API and ``$(VAR)`` expansion), argv, mounts, iden
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from nodelet.image.reference import is_host_image
 from nodelet.model import StaticPod
 from nodelet.pod.expansion import expand
 from nodelet.pod.hooks import HookError, handler_spec, stop_signal
-from nodelet.pod.termination import message_file, under_dev
+from nodelet.pod.termination import create_file, message_file, under_dev
 from nodelet.runtime.api import ContainerConfig, Mount, RootFs, SandboxConfig, UserNamespace
 from nodelet.security import paths, seccomp
 from nodelet.security.capabilities import CapabilityError, name_of
@@ -28,6 +29,8 @@ from nodelet.security.identity import IdentityError, pod_description, verify_run
 from nodelet.security.sysctls import sandbox_sysctls
 from nodelet.security.userns import wants_user_namespace
 from nodelet.util import safepath
+
+log = logging.getLogger(__name__)
 
 HOST_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH for the ``host`` image, which has no image config to take one from."""
@@ -368,7 +371,9 @@ def _termination_mount(
     container's own root, but never through a privileged container's ``/dev`` (the host's,
     where kubelet with runc would leave ``/dev/termination-log`` behind). A ``host`` image
     container gets it only where the path is a file on the host already and the container has
-    a mount namespace of its own (not privileged); else it has no file, as before."""
+    a mount namespace of its own (not privileged); else it has no file, as before. The file
+    is created here if missing, as kubelet's ``makeMounts`` does, and like kubelet a file
+    that cannot be created leaves the container without one rather than unstarted."""
     target = container.get("terminationMessagePath") or ""
     if not target or ctx.pod_dir is None:
         return None
@@ -378,6 +383,11 @@ def _termination_mount(
     elif privileged and under_dev(target):
         return None
     source = message_file(ctx.pod_dir, container["name"], attempt)
+    try:
+        create_file(source, fresh=False)
+    except OSError as err:
+        log.error("error on creating termination-log file %s: %s", source, err)
+        return None
     return Mount(str(source), target, read_only=False)
 
 

@@ -45,10 +45,11 @@ def under_dev(target: str) -> bool:
     return normal == "/dev" or normal.startswith("/dev/")
 
 
-def create_file(path: Path) -> None:
-    """A fresh empty file, mode 0666 whatever the umask (kubelet chmods after the create)."""
+def create_file(path: Path, *, fresh: bool = True) -> None:
+    """The empty file, mode 0666 whatever the umask (kubelet chmods after the create).
+    ``fresh``: emptied if it exists; else an existing file (an adopted run's) is kept."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if fresh else 0)
     fd = os.open(path, flags, 0o666)
     try:
         os.fchmod(fd, 0o666)
@@ -57,8 +58,9 @@ def create_file(path: Path) -> None:
 
 
 def ensure_file(config: ContainerConfig, pod_dir: Path) -> None:
-    """Before a start: the empty message file the prepared ``config`` binds, if it binds one
-    (not done while the config is built: an adopted run's config is rebuilt, its file kept)."""
+    """Right before a start: the message file the prepared ``config`` binds (if it binds one)
+    emptied, so a run never reports words an earlier holder's run of the same attempt number
+    left (the config build only creates a missing one: it also rebuilds adopted runs)."""
     path = message_file(pod_dir, config.name, config.attempt)
     if any(mount.source == str(path) for mount in config.mounts):
         create_file(path)

@@ -168,10 +168,22 @@ def test_an_image_container_gets_its_file_last_over_its_volumes(tmp_path: Path) 
     custom = image_config(tmp_path, {"terminationMessagePath": "/var/run/why"})
     assert bound(custom) == [(expected, "/var/run/why", False)]
     assert bound(image_config(tmp_path, {"terminationMessagePath": ""})) == []
-    # Building a config creates nothing: an adopted run's config is rebuilt, its file kept.
-    assert not Path(expected).exists()
-    ensure_file(custom, tmp_path / "pod")
+    # Built with an empty file (kubelet's makeMounts makes it); a rebuild (an adopted run's
+    # config) keeps what the run wrote, and only a start empties it again.
     assert Path(expected).read_bytes() == b""
+    assert Path(expected).stat().st_mode & 0o777 == 0o666
+    Path(expected).write_text("the run's words")
+    again = image_config(tmp_path, {"terminationMessagePath": "/var/run/why"})
+    assert Path(expected).read_text() == "the run's words"
+    ensure_file(again, tmp_path / "pod")
+    assert Path(expected).read_bytes() == b""
+
+
+def test_a_file_that_cannot_be_made_leaves_the_container_without_one(tmp_path: Path) -> None:
+    (tmp_path / "pod").mkdir()
+    (tmp_path / "pod" / "containers").write_text("not a dir")
+    config = image_config(tmp_path, {"terminationMessagePath": "/dev/termination-log"})
+    assert bound(config) == []
 
 
 def test_a_privileged_image_container_never_gets_it_in_the_hosts_dev(tmp_path: Path) -> None:
@@ -191,9 +203,10 @@ def test_a_host_image_container_gets_it_only_over_a_file_the_host_has(tmp_path: 
     assert [target for _source, target, _ro in bound(config)] == [str(existing)]
     privileged = {"terminationMessagePath": str(existing), "securityContext": {"privileged": True}}
     assert bound(host_config(tmp_path, privileged)) == []
-    no_file = dataclasses.replace(config, mounts=[])
-    ensure_file(no_file, tmp_path / "pod")
-    assert not termination.message_file(tmp_path / "pod", "app", 2).exists()
+    made = termination.message_file(tmp_path / "pod", "app", 2)
+    made.unlink()
+    ensure_file(host_config(tmp_path, {}), tmp_path / "pod")  # nothing bound, nothing made
+    assert not made.exists()
 
 
 # -- the manifest -------------------------------------------------------------------------
