@@ -19,6 +19,7 @@ import errno
 import os
 from pathlib import Path
 
+from nodelet import reasons
 from nodelet.logs.reader import fallback_message
 from nodelet.runtime.api import ContainerConfig
 from nodelet.util import safepath
@@ -30,8 +31,9 @@ MAX_CONTAINER_MESSAGE_BYTES = 4096
 """kubelet's ``MaxContainerTerminationMessageLength``: the file's last bytes, at most these."""
 MAX_POD_MESSAGE_BYTES = 12 * 1024
 """kubelet's ``MaxPodTerminationMessageLogLength``: shared evenly by the pod's containers."""
-CANNOT_RUN_REASONS = frozenset({"StartError", "ContainerCannotRun"})
-"""A run that never started has no logs to fall back to (kubelet: ``ContainerCannotRun``)."""
+CANNOT_RUN_REASONS = frozenset({reasons.START_ERROR, "ContainerCannotRun"})
+"""A run that never started (exec failed) has no logs to fall back to (kubelet's
+``ContainerCannotRun``)."""
 
 
 def message_file(pod_dir: Path, name: str, attempt: int) -> Path:
