@@ -52,7 +52,9 @@ _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip member: header, deflate, CRC-32 and size checked
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16  # gzip header flags (RFC 1952)
+_GZIP_TRAILER = 8  # CRC-32 and size
+_HEADER, _BODY, _TRAILER, _BETWEEN = range(4)  # where a gzip stream is read
 
 
 class Readable(Protocol):
@@ -69,19 +71,23 @@ class UnsafeLayerError(Exception):
 class _LayerReader:
     """The layer's tar stream for ``tarfile``, hashed as it is produced.
 
-    gzip is inflated here with ``zlib`` (which checks each member's CRC and size) from large
-    reads of the blob, and the uncompressed bytes are hashed a chunk at a time: ``GzipFile``
-    reads 8 KiB at a time and ``tarfile``'s stream mode asks for 10 KiB at a time, so going
-    through them cost more Python calls than the inflating and hashing themselves (about a
-    third of a pull's CPU). ``tarfile`` still reads small pieces; they are served from the
-    current chunk by offset, without copying the rest of it.
+    gzip is inflated here with ``zlib`` from large reads of the blob, and the uncompressed
+    bytes are hashed a chunk at a time: ``GzipFile`` reads 8 KiB at a time and ``tarfile``'s
+    stream mode asks for 10 KiB at a time, so going through them cost more Python calls than
+    the inflating and hashing themselves. Members are inflated raw (their headers parsed here,
+    their CRC-32 and size trailers skipped): the diff_id's sha256 over the same bytes is the
+    stronger check, and the CRC cost a tenth of a pull's CPU. ``tarfile`` still reads small
+    pieces; they are served from the current chunk by offset, without copying the rest.
     """
 
     def __init__(self, raw: Readable, gzipped: bool, head: bytes = b"") -> None:
         """``head``: bytes already read from ``raw`` (to sniff the compression)."""
         self.raw = raw
         self.hash = hashlib.sha256()
-        self._inflate = zlib.decompressobj(_GZIP_WBITS) if gzipped else None
+        self._gzipped = gzipped
+        self._state = _HEADER
+        self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._trailer = 0
         self._pending = head  # compressed input not inflated yet (bounded by max_length)
         self._chunk = b""
         self._offset = 0
@@ -106,7 +112,7 @@ class _LayerReader:
     def _fill(self) -> bool:
         """The next uncompressed chunk, hashed; False at the end of the stream."""
         while not self._done:
-            chunk = self._next()
+            chunk = self._next() if self._gzipped else self._next_plain()
             if chunk:
                 self.hash.update(chunk)
                 self._chunk, self._offset = chunk, 0
@@ -114,29 +120,80 @@ class _LayerReader:
         self._chunk, self._offset = b"", 0
         return False
 
+    def _next_plain(self) -> bytes:
+        data, self._pending = self._pending or self.raw.read(_CHUNK), b""
+        self._done = not data
+        return data
+
     def _next(self) -> bytes:
-        if self._inflate is None:
-            data, self._pending = self._pending or self.raw.read(_CHUNK), b""
-            self._done = not data
-            return data
+        """One step through the gzip members: some output, or b"" after a step without any."""
+        if self._state == _BODY:
+            out = self._inflated()  # also what zlib still holds once all input is in
+            if out or self._state != _BODY or self._pending:
+                return out
         if not self._pending:
             self._pending = self.raw.read(_CHUNK)
             if not self._pending:
-                if not self._inflate.eof:
+                if self._state != _BETWEEN:
                     raise UnsafeLayerError("layer's gzip stream ends before its last member does")
                 self._done = True
                 return b""
+        if self._state == _BETWEEN:  # zero padding, then another member (gzip allows both)
+            self._pending = self._pending.lstrip(b"\0")
+            if self._pending:
+                self._state = _HEADER
+        elif self._state == _HEADER:
+            size = _gzip_header_size(self._pending)
+            if size is None:  # split across reads
+                more = self.raw.read(_CHUNK)
+                if not more or len(self._pending) > _CHUNK:
+                    raise UnsafeLayerError("layer's gzip stream is damaged: a bad member header")
+                self._pending += more
+            else:
+                self._pending = self._pending[size:]
+                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._state = _BODY
+        elif self._state == _TRAILER:
+            taken = min(self._trailer, len(self._pending))
+            self._pending, self._trailer = self._pending[taken:], self._trailer - taken
+            if not self._trailer:
+                self._state = _BETWEEN
+        return b""
+
+    def _inflated(self) -> bytes:
         try:
-            if self._inflate.eof:  # another member follows (after zero padding, as gzip allows)
-                self._pending = self._pending.lstrip(b"\0")
-                if not self._pending:
-                    return b""
-                self._inflate = zlib.decompressobj(_GZIP_WBITS)
             out = self._inflate.decompress(self._pending, _CHUNK)
         except zlib.error as error:
             raise UnsafeLayerError(f"layer's gzip stream is damaged: {error}") from None
-        self._pending = self._inflate.unconsumed_tail or self._inflate.unused_data
+        if self._inflate.eof:
+            self._pending = self._inflate.unused_data
+            self._state, self._trailer = _TRAILER, _GZIP_TRAILER
+        else:
+            self._pending = self._inflate.unconsumed_tail
         return out
+
+
+def _gzip_header_size(data: bytes) -> int | None:
+    """The length of the gzip member header ``data`` starts with (RFC 1952); None when
+    ``data`` ends inside it."""
+    if len(data) < 10:
+        return None
+    if not data.startswith(GZIP_MAGIC) or data[2] != 8 or data[3] & 0xE0:
+        raise UnsafeLayerError("layer's gzip stream is damaged: not a gzip member")
+    flags, size = data[3], 10
+    if flags & _FEXTRA:
+        if len(data) < size + 2:
+            return None
+        size += 2 + int.from_bytes(data[size : size + 2], "little")
+    for flag in (_FNAME, _FCOMMENT):  # zero-terminated
+        if flags & flag:
+            end = data.find(b"\0", size)
+            if end < 0:
+                return None
+            size = end + 1
+    if flags & _FHCRC:
+        size += 2
+    return size if size <= len(data) else None
 
 
 @contextlib.contextmanager
