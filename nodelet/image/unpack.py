@@ -200,7 +200,9 @@ def _gzip_header_size(data: bytes) -> int | None:
 def decompressed(blob: Readable) -> Iterator[_LayerReader]:
     """The layer's tar stream, whatever the compression its first bytes show. ``blob`` is read
     once, front to back, never sought: it may be a download stored as it is unpacked."""
-    head = blob.read(4)
+    head = b""
+    while len(head) < 4 and (more := blob.read(4 - len(head))):  # a stream may give less
+        head += more
     if head.startswith(GZIP_MAGIC):
         yield _LayerReader(blob, gzipped=True, head=head)
         return
