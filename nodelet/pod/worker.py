@@ -28,7 +28,6 @@ from nodelet.config import AgentConfig
 from nodelet.image.lookup import ImageInfo, local_image
 from nodelet.image.manager import ImageError, ImageManager
 from nodelet.logs import retention
-from nodelet.logs.reader import fallback_message
 from nodelet.manifest import schema
 from nodelet.model import StaticPod
 from nodelet.network.api import NetworkError, PodNetwork, PodNetworkRequest
@@ -56,6 +55,7 @@ from nodelet.pod.containerprep import (
 from nodelet.pod.network import port_mappings
 from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
+from nodelet.pod.termination import ensure_file, message_file, termination_message
 from nodelet.pod.volumes import (
     VolumeError,
     empty_dir_overuse,
@@ -159,9 +159,6 @@ def node_security(config: AgentConfig) -> NodeSecurity:
         seccomp_dir=config.seccomp_dir,
         seccomp_default=config.seccomp_default,
     )
-
-
-FALLBACK_TO_LOGS = "FallbackToLogsOnError"
 
 
 def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: str) -> None:
@@ -319,6 +316,8 @@ class PodWorker:
         self._exit_messages: dict[tuple[str, int], str] = {}
         """Runs the kernel OOM-killed (found in their cgroup): reported as OOMKilled."""
         self._oom_checked: set[tuple[str, int]] = set()
+        self._messages_read: set[tuple[str, int]] = set()
+        """Finished runs whose termination message was read (file and logs are final)."""
         self._image_waits: dict[str, ImageError] = {}
         """Containers held back by their image (ErrImagePull, ImagePullBackOff, ...) until
         its ``retry_at``: the image's back-off, never the container's CrashLoopBackOff."""
@@ -764,6 +763,7 @@ class PodWorker:
         if sandbox is None:
             return
         for name in {r.name for r in sandbox.containers}:
+            await self._read_termination_message(name, sandbox)
             last = sandbox.latest(name)
             if last is None or last.running or (name, last.attempt) in self._oom_checked:
                 continue
@@ -772,7 +772,6 @@ class PodWorker:
                 # may still lack the last lines. Looked at when the holder reports the exit.
                 continue
             self._oom_checked.add((name, last.attempt))
-            await self._fallback_message(name, last)
             if driver is None:
                 continue
             try:
@@ -783,17 +782,35 @@ class PodWorker:
                 log.warning("cannot read the OOM state of %s container=%s: %s",
                             describe(self.pod), name, err)  # fmt: skip
 
-    async def _fallback_message(self, name: str, run: ContainerRecord) -> None:
-        """``terminationMessagePolicy: FallbackToLogsOnError``: a run that failed gets the end
-        of its log as its termination message (the message file itself is not supported
-        until containers have a root of their own, so the logs are the only source)."""
+    async def _read_termination_message(self, name: str, sandbox: SandboxStatus) -> None:
+        """The ``terminated.message`` of the container's last finished run, read once: its
+        message file, or for ``FallbackToLogsOnError`` and a failed run the end of its log
+        (``nodelet.pod.termination``). The last finished run, not the latest: after an agent
+        restart the run shown as ``lastState`` keeps its message (its file is kept)."""
+        finished = [
+            r for r in sandbox.attempts(name)
+            if not r.running and r.reason != reasons.CONTAINER_STATUS_UNKNOWN
+        ]  # fmt: skip
+        if not finished or (name, finished[-1].attempt) in self._messages_read:
+            return
+        run = finished[-1]
+        self._messages_read.add((name, run.attempt))
         container = next((c for c in self._all_containers() if c["name"] == name), None)
-        if container is None or container.get("terminationMessagePolicy") != FALLBACK_TO_LOGS:
+        if container is None:
             return
-        if run.exit_code in (None, 0) or run.message:
-            return
-        path = container_log_path(self._ctx.config.pod_logs_dir, self.pod, name, run.attempt)
-        message = await asyncio.to_thread(fallback_message, path)
+        config = self._ctx.config
+        target = container.get("terminationMessagePath") or ""
+        pod_dir = safepath.child(config.pods_state_dir, self.uid)
+        message = await asyncio.to_thread(
+            termination_message,
+            file=message_file(pod_dir, name, run.attempt) if target else None,
+            policy=container.get("terminationMessagePolicy") or "",
+            exit_code=run.exit_code,
+            reason=run.reason,
+            runtime_message=run.message,
+            log_path=container_log_path(config.pod_logs_dir, self.pod, name, run.attempt),
+            container_count=len(self._all_containers()),
+        )
         if message:
             self._exit_messages[(name, run.attempt)] = message
 
@@ -913,6 +930,8 @@ class PodWorker:
             )
             self._configs[start.name] = config
             await asyncio.to_thread(Path(config.log_path).parent.mkdir, parents=True, exist_ok=True)
+            pod_dir = safepath.child(self._ctx.config.pods_state_dir, self.uid)
+            await asyncio.to_thread(ensure_file, config, pod_dir)
             record = await self._ctx.runtime.start_container(self.uid, config)
         except (ContainerConfigError, VolumeError, QuantityError, OSError) as err:
             reason = reasons.CREATE_CONTAINER_CONFIG_ERROR

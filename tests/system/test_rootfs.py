@@ -43,7 +43,7 @@ prints about itself."""
 
 DEV_MINIMAL = sorted(
     ["fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
-     "tty", "urandom", "zero"]
+     "termination-log", "tty", "urandom", "zero"]
 )  # fmt: skip
 
 
