@@ -51,8 +51,17 @@ class LogFile:
         assert self.fd is not None
         if self.max_bytes and self.size and self.size + len(line) > self.max_bytes:
             self._rotate()
-        written = os.write(self.fd, line)
-        self.size += written
+        # A short write is retried for the rest: a disk that filled up mid-line then says why
+        # (ENOSPC) instead of leaving only a count.
+        written = 0
+        try:
+            while written < len(line):
+                done = os.write(self.fd, line[written:])
+                if not done:
+                    break
+                written += done
+        finally:
+            self.size += written
         return written
 
     def _rotated_name(self) -> str:
