@@ -56,7 +56,7 @@ _CONTAINER: dict[str, Policy] = {
     "volumeMounts[].subPath": OK, "volumeMounts[].subPathExpr": OK,
     "volumeMounts[].mountPropagation": OK,
     "volumeDevices": FORBID,
-    "imagePullPolicy": NOOP,
+    "imagePullPolicy": OK,
     # nodelet.pod.termination: a file per run, bound at the path (a host-image container gets
     # it only over a file the host has, see containerprep._termination_mount).
     "terminationMessagePath": OK, "terminationMessagePolicy": OK,
