@@ -131,6 +131,9 @@ class AgentConfig:
     host_images: tuple[str, ...] = ()
     """``hostImages``: globs of references that run on the node's own filesystem (as ``image:
     host``) and are never pulled, e.g. ``registry.k8s.io/etcd:*`` on a node with etcd installed."""
+    host_image_root: str = "Overlay"
+    """``hostImageRoot``: ``Overlay`` runs the host image on an overlay of the node's ``/``
+    (nothing written outside volumes reaches the node); ``Node`` on the node's ``/`` itself."""
     insecure_registries: tuple[str, ...] = ()
     """Registries (``host[:port]``) pulled from over plain HTTP; loopback ones always may."""
     resolv_conf: str = "/etc/resolv.conf"

@@ -33,6 +33,9 @@ KUBELET_KIND = "KubeletConfiguration"
 NODELET_API_VERSION = "nodelet.io/v1alpha1"
 NODELET_KIND = "NodeletConfiguration"
 MANIFEST_VALIDATION_MODES = ("Strict", "Warn")
+HOST_IMAGE_ROOTS = ("Overlay", "Node")
+"""``hostImageRoot``: the host image on an overlay of the node's ``/`` (its writes stay in the
+container), or on the node's ``/`` itself (writes land on the node)."""
 TLS_VERSIONS = ("VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13")
 """kubelet's ``tlsMinVersion`` names (Go's crypto/tls constants)."""
 AUTHORIZATION_MODES = ("AlwaysAllow", "Webhook")
@@ -220,6 +223,7 @@ KUBELET_FIELDS: dict[str, Kind] = {
 
 NODELET_FIELDS: dict[str, Kind] = {
     "manifestValidation": _STR,
+    "hostImageRoot": _STR,
     "hostImages": _STRINGS,
     "insecureRegistries": _STRINGS,
 }
@@ -725,10 +729,15 @@ def _read_nodelet(path: Path, document: dict[str, Any], settings: FileSettings) 
     mode = body.get("manifestValidation")
     if mode is not None and not errors and mode not in MANIFEST_VALIDATION_MODES:
         errors.append(f"manifestValidation: {mode!r} is not one of Strict, Warn")
+    root = body.get("hostImageRoot")
+    if root is not None and not errors and root not in HOST_IMAGE_ROOTS:
+        errors.append(f"hostImageRoot: {root!r} is not one of {', '.join(HOST_IMAGE_ROOTS)}")
     if errors:
         raise ConfigFileError("\n".join(f"{path}: {error}" for error in errors))
     if mode is not None:
         settings.values["manifest_validation"] = mode
+    if root is not None:
+        settings.values["host_image_root"] = root
     for key, target in (
         ("hostImages", "host_images"),
         ("insecureRegistries", "insecure_registries"),
@@ -803,6 +812,7 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
         "apiVersion": NODELET_API_VERSION,
         "kind": NODELET_KIND,
         "manifestValidation": config.manifest_validation,
+        "hostImageRoot": config.host_image_root,
         **({"hostImages": list(config.host_images)} if config.host_images else {}),
         **(
             {"insecureRegistries": list(config.insecure_registries)}

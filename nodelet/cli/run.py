@@ -14,6 +14,7 @@ from typing import Any
 from nodelet.config import AgentConfig
 from nodelet.configfile import (
     AUTHORIZATION_MODES,
+    HOST_IMAGE_ROOTS,
     MANIFEST_VALIDATION_MODES,
     TLS_VERSIONS,
     format_duration,
@@ -129,6 +130,13 @@ def add_run_arguments(sub: Any) -> None:
         metavar="GLOB,...",
         help="image references (globs) that run on the node's own filesystem, like image: host, "
         "and are never pulled (default: none)",
+    )
+    run.add_argument(
+        "--host-image-root",
+        choices=HOST_IMAGE_ROOTS,
+        help="Overlay: the host image runs on an overlay of the node's /, its writes stay in "
+        "the container; Node: on the node's / itself, writes land on the node "
+        f"(default: {AgentConfig.host_image_root})",
     )
     run.add_argument(
         "--insecure-registries",
@@ -481,6 +489,7 @@ _FLAG_FIELDS = {
     "manifest_url": "manifest_url",
     "manifest_validation": "manifest_validation",
     "host_images": "host_images",
+    "host_image_root": "host_image_root",
     "insecure_registries": "insecure_registries",
     "container_log_max_size": "container_log_max_size",
     "container_log_max_files": "container_log_max_files",

@@ -190,7 +190,7 @@ def _read_only_root() -> None:
     writable = [
         (mount_id, point)
         for mount_id, (point, options, _) in mountinfo().items()
-        if _within(point, KEPT_WRITABLE) and options.split(",")[0] == "rw"
+        if within(point, KEPT_WRITABLE) and options.split(",")[0] == "rw"
     ]
     _read_only("/")
     for mount_id, point in writable:
@@ -394,16 +394,16 @@ def mountinfo() -> dict[int, tuple[str, str, list[str]]]:
         for line in table:
             fields = line.split()
             optional = fields[6 : fields.index("-")]
-            mounts[int(fields[0])] = (_unescape(fields[4]), fields[5], optional)
+            mounts[int(fields[0])] = (unescape(fields[4]), fields[5], optional)
     return mounts
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     """mountinfo writes space, tab, newline and backslash as octal escapes."""
     for code in ("040", "011", "012", "134"):
         field = field.replace("\\" + code, chr(int(code, 8)))
     return field
 
 
-def _within(path: str, trees: Iterable[str]) -> bool:
+def within(path: str, trees: Iterable[str]) -> bool:
     return any(path == tree or path.startswith(tree + "/") for tree in trees)

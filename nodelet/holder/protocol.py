@@ -65,6 +65,11 @@ class RootfsSpec(TypedDict):
     ``/dev/shm`` for hostIPC."""
     shm_tmpfs: NotRequired[bool]
     """Mount the pod's tmpfs at ``shm`` first, unless an earlier container did."""
+    host: NotRequired[bool]
+    """The ``host`` image: ``lower`` is the node's ``/``, and the node's other mounts get
+    overlays (or read-only binds) of their own (``rootfs.host_submounts``)."""
+    host_skip: NotRequired[list[str]]
+    """Node paths whose mounts a host-image root leaves out: the agent's own dirs."""
 
 
 class CapabilitySpec(TypedDict):

@@ -77,6 +77,16 @@ DEV_LINKS = (
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 )
+OPEN_TREE_CLONE = 1
+SYSTEM_TREES = ("/proc", "/sys", "/dev")
+"""Fresh in every container root: the node's mounts there are never carried over."""
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs", "mqueue", "debugfs", "tracefs",
+    "securityfs", "pstore", "bpf", "configfs", "fusectl", "binfmt_misc", "autofs", "nsfs",
+    "hugetlbfs", "efivarfs", "rpc_pipefs", "overlay",
+})  # fmt: skip
+"""Kernel filesystems that hold no files of the node's, and other runtimes' container roots
+(overlay): not carried into a host-image root."""
 SHM_OPTIONS = "mode=1777,size=65536k"
 """containerd's sandbox shm."""
 
@@ -130,6 +140,8 @@ def apply(spec: protocol.ContainerSpec, userns_fd: int | None = None) -> None:
         _overlay(rootfs, merged)
         root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            if rootfs.get("host"):
+                _host_submounts(root, rootfs, bool(spec.get("read_only_root")))
             _system_mounts(root, privileged, shm)
             for mount, tree in zip(spec["mounts"], trees, strict=True):
                 target = mount["target"]
@@ -173,26 +185,103 @@ def _overlay(rootfs: protocol.RootfsSpec, merged: str) -> None:
         os.chmod(upper, 0o755)  # the container's "/" takes the upper dir's mode
     except OSError as err:
         raise MountError(f"cannot create the container's root dirs: {err}") from None
+    try:
+        tree = _overlay_tree(rootfs["lower"], upper, work)
+    except OSError as err:
+        what = "the node's /" if rootfs.get("host") else "the image's layers"
+        raise MountError(f"cannot mount {what} as an overlay: {err.strerror}") from None
+    try:
+        step(f"cannot mount the container's root at {merged}", mounts.move_mount, tree, merged)
+    finally:
+        os.close(tree)
+
+
+def _overlay_tree(lowers: list[str], upper: str, work: str) -> int:
+    """A detached overlay mount (an fd for ``move_mount``); an error carries what the kernel
+    logged about it as its ``strerror``."""
     fs = _syscall(_SYS_FSOPEN, "overlay", b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC))
     try:
-        try:
-            for lower in rootfs["lower"]:
-                _fsconfig(fs, "lowerdir+", lower)
-            _fsconfig(fs, "upperdir", upper)
-            _fsconfig(fs, "workdir", work)
-            _syscall(_SYS_FSCONFIG, "create", ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE),
-                     None, None, ctypes.c_int(0))  # fmt: skip
-            tree = _syscall(_SYS_FSMOUNT, "overlay", ctypes.c_int(fs),
-                            ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0))  # fmt: skip
-        except OSError as err:
-            detail = _fs_log(fs) or err.strerror
-            raise MountError(f"cannot mount the image's layers as an overlay: {detail}") from None
-        try:
-            step(f"cannot mount the container's root at {merged}", mounts.move_mount, tree, merged)
-        finally:
-            os.close(tree)
+        for lower in lowers:
+            _fsconfig(fs, "lowerdir+", lower)
+        _fsconfig(fs, "upperdir", upper)
+        _fsconfig(fs, "workdir", work)
+        _syscall(_SYS_FSCONFIG, "create", ctypes.c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE),
+                 None, None, ctypes.c_int(0))  # fmt: skip
+        return _syscall(_SYS_FSMOUNT, "overlay", ctypes.c_int(fs),
+                        ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0))  # fmt: skip
+    except OSError as err:
+        raise OSError(err.errno, _fs_log(fs) or err.strerror, err.filename) from None
     finally:
         os.close(fs)
+
+
+def host_submounts(table: str, skip: list[str]) -> list[str]:
+    """The node's mount points an overlay of ``/`` does not show (overlayfs never crosses a
+    mount in a lower layer), parents first: every mount but ``/`` itself, the trees the
+    container gets fresh (/proc, /sys, /dev), kernel pseudo filesystems, and the agent's own
+    dirs in ``skip`` (other pods' roots, shm and netns binds live there). Of mounts stacked
+    on one path the last, the one the node sees, counts once."""
+    points: dict[str, None] = {}
+    for line in table.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        point = mounts.unescape(fields[4])
+        fstype = fields[fields.index("-") + 1]
+        if point == "/" or fstype in PSEUDO_FILESYSTEMS or mounts.within(point, SYSTEM_TREES):
+            continue
+        if mounts.within(point, skip):
+            continue
+        points.pop(point, None)
+        points[point] = None
+    return sorted(points, key=lambda point: point.count("/"))
+
+
+def _host_submounts(root: int, rootfs: protocol.RootfsSpec, read_only: bool) -> None:
+    """Each of the node's other mounts (``host_submounts``) at its place in the container's
+    root: a directory as an overlay of its own (upper and work beside the root's, so writes
+    stay in the container's dir), a file, or a directory the kernel will not stack an overlay
+    on (FUSE, NFS, an overlay already two deep), as a read-only bind. With
+    readOnlyRootFilesystem they are read-only too: here they are part of the root."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        points = host_submounts(table.read(), rootfs.get("host_skip") or [])
+    base = os.path.join(os.path.dirname(rootfs["upper"]), "mounts")
+    for index, point in enumerate(points):
+        try:
+            info = os.stat(point)
+        except OSError:
+            continue  # gone since mountinfo was read, or not reachable
+        tree = None
+        if stat.S_ISDIR(info.st_mode):
+            tree = _submount_overlay(point, os.path.join(base, str(index)), info)
+        if tree is None:
+            tree = mounts.open_tree(mounts.AT_FDCWD, point, OPEN_TREE_CLONE | os.O_CLOEXEC)
+            read_only_tree = True
+        else:
+            read_only_tree = read_only
+        try:
+            if read_only_tree:
+                mounts.mount_setattr(tree, "", mounts.AT_EMPTY_PATH, set_=mounts.MOUNT_ATTR_RDONLY)
+            step(f"cannot mount the node's {point} in the container", _attach, root, tree, point)
+        finally:
+            os.close(tree)
+
+
+def _submount_overlay(point: str, base: str, info: os.stat_result) -> int | None:
+    """An overlay of the node's ``point`` whose root keeps the mode and owner of the node's
+    dir (``/tmp`` stays 1777); None when the kernel refuses the stack."""
+    upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
+    try:
+        for path in (upper, work):
+            os.makedirs(path, 0o700, exist_ok=True)
+        os.chown(upper, info.st_uid, info.st_gid)
+        os.chmod(upper, stat.S_IMODE(info.st_mode))
+    except OSError as err:
+        raise MountError(f"cannot create the dirs for the node's {point}: {err}") from None
+    try:
+        return _overlay_tree([point], upper, work)
+    except OSError:
+        return None
 
 
 def _fsconfig(fs: int, key: str, value: str) -> None:

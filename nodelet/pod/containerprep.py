@@ -6,6 +6,7 @@ environment (with the downward API and ``$(VAR)`` expansion), argv, mounts, iden
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -56,6 +57,12 @@ class NodeSecurity:
     """Where ``Localhost`` seccomp profiles live."""
     seccomp_default: bool = False
     """``--seccomp-default``: RuntimeDefault for containers that name no profile."""
+    host_image_overlay: bool = False
+    """``hostImageRoot: Overlay``: a host-image container gets an overlay of the node's ``/``
+    (its writes stay in its own dir); False: the node's ``/`` itself."""
+    agent_dirs: tuple[str, ...] = ()
+    """The agent's run, root and log dirs: their mounts (other pods' roots, shm, netns binds)
+    are left out of a host-image root."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,8 @@ def build_container_config(
             )
         env, argv = pod_env, [*command, *args]
         working_dir = container.get("workingDir") or None
+        if node.host_image_overlay and not wants_user_namespace(ctx.pod.spec):
+            rootfs = _host_rootfs(ctx, container, attempt)
     else:
         own = {var["name"] for var in container.get("env") or []}
         env = imageconfig.merge_env(
@@ -230,7 +239,9 @@ def build_container_config(
     )
     mounts = [_mount(ctx, name, mount, env) for mount in container.get("volumeMounts") or []]
     mounts[:0] = _managed_file_mounts(ctx, mounts, security.read_only_root)
-    message_mount = _termination_mount(ctx, container, attempt, image, security.privileged)
+    message_mount = _termination_mount(
+        ctx, container, attempt, image, security.privileged, rootfs is not None
+    )
     if message_mount is not None:
         mounts.append(message_mount)  # last, as kubelet's makeMounts: over any volume
     lifecycle = container.get("lifecycle") or {}
@@ -333,12 +344,28 @@ def _rootfs(
             "namespace yet (hostUsers: false): its layers belong to the host's root and "
             "idmapped image roots are not implemented; use hostUsers: true or the host image"
         )
+    return _root_on(ctx, name, attempt, image.layers)
+
+
+def _host_rootfs(ctx: PodContext, container: Mapping[str, Any], attempt: int) -> RootFs:
+    """The host image's root: an overlay of the node's ``/`` (and of its other mounts, but the
+    agent's own dirs), so the node's binaries run and what the container writes outside its
+    volumes stays in its upper dir, as with any image (``hostImageRoot: Overlay``)."""
+    name = container["name"]
+    if ctx.pod_dir is None:
+        raise ContainerConfigError(f'container "{name}": the pod has no state dir for its root')
+    root = _root_on(ctx, name, attempt, ("/",))
+    return dataclasses.replace(root, host=True, host_skip=ctx.security.agent_dirs)
+
+
+def _root_on(ctx: PodContext, name: str, attempt: int, lower: tuple[str, ...]) -> RootFs:
+    assert ctx.pod_dir is not None
     base = safepath.child(ctx.pod_dir / "containers", name) / str(attempt)
     if ctx.pod.host_ipc:
         shm, shm_tmpfs = "/dev/shm", False
     else:
         shm, shm_tmpfs = str(ctx.pod_dir / "shm"), True
-    return RootFs(image.layers, str(base / "upper"), str(base / "work"), shm, shm_tmpfs)
+    return RootFs(lower, str(base / "upper"), str(base / "work"), shm, shm_tmpfs)
 
 
 def _managed_file_mounts(ctx: PodContext, mounts: list[Mount], read_only_root: bool) -> list[Mount]:
@@ -365,19 +392,21 @@ def _termination_mount(
     attempt: int,
     image: ImageInfo | None,
     privileged: bool,
+    own_root: bool,
 ) -> Mount | None:
     """The run's message file bound at ``terminationMessagePath`` (``nodelet.pod.termination``),
     unless binding it would have to write on the host: the target is made in an image
     container's own root, but never through a privileged container's ``/dev`` (the host's,
-    where kubelet with runc would leave ``/dev/termination-log`` behind). A ``host`` image
-    container gets it only where the path is a file on the host already and the container has
-    a mount namespace of its own (not privileged); else it has no file, as before. The file
+    where kubelet with runc would leave ``/dev/termination-log`` behind). So does a ``host``
+    image container on its overlay (``own_root``); one on the node's ``/`` itself gets it only
+    where the path is a file on the host already and the container has a mount namespace of
+    its own (not privileged); else it has no file, as before. The file
     is created here if missing, as kubelet's ``makeMounts`` does, and like kubelet a file
     that cannot be created leaves the container without one rather than unstarted."""
     target = container.get("terminationMessagePath") or ""
     if not target or ctx.pod_dir is None:
         return None
-    if image is None:
+    if image is None and not own_root:
         if privileged or not os.path.isfile(target):
             return None
     elif privileged and under_dev(target):

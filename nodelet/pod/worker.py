@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -158,6 +159,8 @@ def node_security(config: AgentConfig) -> NodeSecurity:
         group=_read_text("/etc/group"),
         seccomp_dir=config.seccomp_dir,
         seccomp_default=config.seccomp_default,
+        host_image_overlay=config.host_image_root == "Overlay",
+        agent_dirs=tuple(os.path.realpath(path) for path in config.private_dirs),
     )
 
 

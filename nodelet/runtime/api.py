@@ -62,8 +62,8 @@ class Mount:
 
 @dataclass(frozen=True)
 class RootFs:
-    """A non-host image's root filesystem: an overlay the holder mounts in the container's
-    mount namespace and pivots into."""
+    """A container's root filesystem: an overlay of its image's layers (or of the node's
+    ``/``) the holder mounts in the container's mount namespace and pivots into."""
 
     lower: tuple[str, ...]
     """The image's unpacked layer dirs, top layer first."""
@@ -74,6 +74,10 @@ class RootFs:
     """Bound at ``/dev/shm``: the pod's dir (a tmpfs the holder mounts once per pod), or the
     host's ``/dev/shm`` for hostIPC."""
     shm_tmpfs: bool = True
+    host: bool = False
+    """The ``host`` image: ``lower`` is the node's ``/``; the holder also overlays the node's
+    other mounts, except those under ``host_skip`` (the agent's own dirs)."""
+    host_skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -63,13 +63,17 @@ def container_spec(config: ContainerConfig) -> protocol.ContainerSpec:
 
 
 def _rootfs(rootfs: RootFs) -> protocol.RootfsSpec:
-    return {
+    spec: protocol.RootfsSpec = {
         "lower": list(rootfs.lower),
         "upper": rootfs.upper,
         "work": rootfs.work,
         "shm": rootfs.shm,
         "shm_tmpfs": rootfs.shm_tmpfs,
     }
+    if rootfs.host:
+        spec["host"] = True
+        spec["host_skip"] = list(rootfs.host_skip)
+    return spec
 
 
 def _user_namespace(userns: UserNamespace) -> protocol.UserNamespaceSpec:
