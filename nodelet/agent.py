@@ -26,7 +26,8 @@ from nodelet.cluster.nodesync import NodeSettings
 from nodelet.cluster.peerroutes import PeerRoutes, peer_routes
 from nodelet.cluster.sync import ClusterSettings, ClusterSync
 from nodelet.config import AgentConfig, ensure_private_dir
-from nodelet.image.manager import image_manager, is_image_failure
+from nodelet.image import gc as imagegc
+from nodelet.image.manager import ImageManager, image_manager, is_image_failure
 from nodelet.logs import retention, rotation
 from nodelet.manifest import schemacache, warnings
 from nodelet.manifest.merge import MergedSources
@@ -266,6 +267,7 @@ class Agent:
         source_task = asyncio.create_task(self.source.run(), name="manifest-source")
         source_task.add_done_callback(self._on_source_done)
         gc_task = asyncio.create_task(self._log_gc(), name="log-gc")
+        image_gc_task = asyncio.create_task(self._image_gc(), name="image-gc")
         rotation_task = asyncio.create_task(
             rotation.run_rotation(self.config.pod_logs_dir, self.config.container_log_max_files),
             name="log-rotation",
@@ -280,7 +282,7 @@ class Agent:
         finally:
             log.info("stopping; pods keep running")
             self.systemd.stopping()
-            for task in (source_task, gc_task, rotation_task, watchdog, *url_tasks):
+            for task in (source_task, gc_task, image_gc_task, rotation_task, watchdog, *url_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -323,6 +325,34 @@ class Agent:
                 await asyncio.to_thread(retention.sweep, self.config.pod_logs_dir, live)
             except Exception:
                 log.exception("log garbage collection failed")
+
+    async def _image_gc(self) -> None:
+        """kubelet's image garbage collection (``nodelet.image.gc``): once the manifest dir was
+        read completely (so every pod's image counts as in use), then every 5 minutes and after
+        each pull, in a thread; a failure is logged and the next pass tries again."""
+        images = self._ctx.images
+        config = self.config
+        policy = imagegc.GCPolicy(
+            config.image_gc_high_threshold,
+            config.image_gc_low_threshold,
+            config.image_minimum_gc_age,
+        )
+        if images is None or not policy.enabled:
+            return
+        while not self.pods.sources_ready:
+            await asyncio.sleep(0.5)
+        while True:
+            images.pulled.clear()
+            pods = [*self.pods.desired.values(), *(w.pod for w in self.pods.workers.values())]
+            references = _image_references(pods)
+            try:
+                await asyncio.to_thread(
+                    _collect_images, images, policy, references, dict(images.last_used)
+                )
+            except Exception:
+                log.exception("image garbage collection failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(images.pulled.wait(), imagegc.GC_PERIOD_SECONDS)
 
     def _on_source_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -503,6 +533,22 @@ def url_source(config: AgentConfig, merged: MergedSources) -> URLSource | None:
         period=config.http_check_frequency,
         manifest_validation=config.manifest_validation,
     )
+
+
+def _collect_images(
+    images: ImageManager, policy: imagegc.GCPolicy, in_use: set[str], last_used: dict[str, float]
+) -> None:
+    imagegc.collect(images.store, policy, images.image_ids(in_use), last_used, time.time())
+
+
+def _image_references(pods: list[StaticPod]) -> set[str]:
+    """Every image the pods' containers and init containers name: in use, for image GC."""
+    return {
+        str(container.get("image") or "")
+        for pod in pods
+        for key in ("initContainers", "containers")
+        for container in pod.spec.get(key) or []
+    }
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

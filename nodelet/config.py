@@ -131,9 +131,17 @@ class AgentConfig:
     host_images: tuple[str, ...] = ()
     """``hostImages``: globs of references that run on the node's own filesystem (as ``image:
     host``) and are never pulled, e.g. ``registry.k8s.io/etcd:*`` on a node with etcd installed."""
-    host_image_root: str = "Overlay"
+    image_gc_high_threshold: int = 85
+    """``imageGCHighThresholdPercent``: image GC starts at this % of the image fs used (100:
+    never)."""
+    image_gc_low_threshold: int = 80
+    """``imageGCLowThresholdPercent``: and frees down to this %."""
+    image_minimum_gc_age: float = 120.0
+    """``imageMinimumGCAge``: an image stored more recently is never collected."""
+    host_image_root: str = "Node"
     """``hostImageRoot``: ``Overlay`` runs the host image on an overlay of the node's ``/``
-    (nothing written outside volumes reaches the node); ``Node`` on the node's ``/`` itself."""
+    (nothing written outside volumes reaches the node); ``Node`` (the default) on the node's
+    ``/`` itself, with the node's /proc and /sys."""
     insecure_registries: tuple[str, ...] = ()
     """Registries (``host[:port]``) pulled from over plain HTTP; loopback ones always may."""
     resolv_conf: str = "/etc/resolv.conf"

@@ -502,6 +502,12 @@ def _log_max_files(key: str, value: Any) -> int:
     return int(value)
 
 
+def _percent(key: str, value: Any) -> int:
+    if not 0 <= value <= 100:
+        raise ValueError(f"{value} must be between 0 and 100")
+    return int(value)
+
+
 def _backoff_max(key: str, value: Any) -> float | None:
     seconds = go_duration(value)
     if not 1 <= seconds <= 300:
@@ -559,6 +565,9 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "seccompDefault": ("seccomp_default", _flag),
     "containerLogMaxSize": ("container_log_max_size", _log_max_size),
     "containerLogMaxFiles": ("container_log_max_files", _log_max_files),
+    "imageGCHighThresholdPercent": ("image_gc_high_threshold", _percent),
+    "imageGCLowThresholdPercent": ("image_gc_low_threshold", _percent),
+    "imageMinimumGCAge": ("image_minimum_gc_age", _nonnegative_seconds),
     "podCIDR": ("pod_cidr", _pod_cidr),
     "resolvConf": ("resolv_conf", _resolv_conf),
     "clusterDNS": ("cluster_dns", _ips),
@@ -805,6 +814,9 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "clusterDomain": config.cluster_domain,
             "containerLogMaxSize": _size(config.container_log_max_size),
             "containerLogMaxFiles": config.container_log_max_files,
+            "imageGCHighThresholdPercent": config.image_gc_high_threshold,
+            "imageGCLowThresholdPercent": config.image_gc_low_threshold,
+            "imageMinimumGCAge": format_duration(config.image_minimum_gc_age),
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},
         }
     )

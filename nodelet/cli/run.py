@@ -242,6 +242,27 @@ def add_run_arguments(sub: Any) -> None:
         f"(default: {AgentConfig.container_log_max_files})",
     )
     run.add_argument(
+        "--image-gc-high-threshold",
+        type=percent,
+        metavar="PERCENT",
+        help="image fs usage at which unused images are removed, least recently used first; "
+        f"100 turns image GC off (default: {AgentConfig.image_gc_high_threshold})",
+    )
+    run.add_argument(
+        "--image-gc-low-threshold",
+        type=percent,
+        metavar="PERCENT",
+        help="image fs usage image GC frees down to "
+        f"(default: {AgentConfig.image_gc_low_threshold})",
+    )
+    run.add_argument(
+        "--minimum-image-ttl-duration",
+        type=duration,
+        metavar="DURATION",
+        help="minimum age of an unused image before image GC may remove it "
+        f"(default: {format_duration(AgentConfig.image_minimum_gc_age)})",
+    )
+    run.add_argument(
         "--log-format",
         "--logging-format",
         choices=("text", "json"),
@@ -398,6 +419,16 @@ def log_max_size(text: str) -> int:
     return size
 
 
+def percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}: must be 0 to 100")
+    return value
+
+
 def log_max_files(text: str) -> int:
     """kubelet's ``--container-log-max-files``: the current file and at least one rotated."""
     try:
@@ -493,6 +524,9 @@ _FLAG_FIELDS = {
     "insecure_registries": "insecure_registries",
     "container_log_max_size": "container_log_max_size",
     "container_log_max_files": "container_log_max_files",
+    "image_gc_high_threshold": "image_gc_high_threshold",
+    "image_gc_low_threshold": "image_gc_low_threshold",
+    "minimum_image_ttl_duration": "image_minimum_gc_age",
     "network_plugin": "network_plugin",
     "pod_cidr": "pod_cidr",
     "pod_bridge": "pod_bridge",
@@ -570,6 +604,7 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.cluster.sync import KubeconfigError
     from nodelet.config import UnsafeDirError
     from nodelet.configfile import ConfigFileError, print_config
+    from nodelet.image.gc import policy_problem
     from nodelet.logs import agentlog
     from nodelet.network.api import NetworkError
     from nodelet.runtime.process import ProcessRuntime
@@ -591,6 +626,9 @@ def run(args: argparse.Namespace) -> int:
         root_parts(config.cgroup_root)
     except ValueError as err:
         print(f"nodelet run: --cgroup-root: {err}", file=sys.stderr)
+        return 2
+    if gc_problem := policy_problem(config.image_gc_high_threshold, config.image_gc_low_threshold):
+        print(f"nodelet run: {gc_problem}", file=sys.stderr)
         return 2
     if config.kube_api_qps <= 0 or config.kube_api_burst < 1:
         print("nodelet run: --kube-api-qps must be > 0 and --kube-api-burst >= 1", file=sys.stderr)

@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +127,11 @@ def _trim(value: float) -> str:
 def find_image(store: ImageStore, ref: Reference) -> ImageRecord | None:
     """The stored image ``ref`` names: by its normalised name, or for ``repo@digest`` any name
     of that repository whose manifest (or index) has that digest."""
-    records = store.records()
+    return find_image_in(store.records(), ref)
+
+
+def find_image_in(records: dict[str, ImageRecord], ref: Reference) -> ImageRecord | None:
+    """``find_image`` over records already read."""
     found = records.get(str(ref))
     if found is not None or ref.digest is None:
         return found
@@ -160,6 +164,10 @@ class ImageManager:
         self._flights: dict[str, asyncio.Future[ImageRecord]] = {}
         self.pulls = 0
         """Pulls started (not joined): one per image however many containers wanted it."""
+        self.last_used: dict[str, float] = {}
+        """Image ID -> when a container last got it (image garbage collection's LRU)."""
+        self.pulled = asyncio.Event()
+        """Set when a pull lands: the image filesystem may have filled (image GC clears it)."""
 
     def is_host(self, image: str) -> bool:
         return is_host_image(image, self._host_images)
@@ -212,7 +220,25 @@ class ImageManager:
         return self._present(ref, record)
 
     def _present(self, ref: Reference, record: ImageRecord) -> PresentImage:
+        self.last_used[record.config] = self._clock()
         return PresentImage(str(ref), ref.with_digest(record.digest), record)
+
+    def image_ids(self, references: Iterable[str]) -> set[str]:
+        """The stored image IDs ``references`` (as written in specs) name now (blocking: the
+        index is read once); host images and names not stored are left out."""
+        records = self.store.records()
+        ids = set()
+        for reference in references:
+            if self.is_host(reference):
+                continue
+            try:
+                ref = parse(reference)
+            except InvalidImageNameError:
+                continue
+            record = find_image_in(records, ref)
+            if record is not None:
+                ids.add(record.config)
+        return ids
 
     async def _single_flight(self, name: str) -> ImageRecord:
         flight = self._flights.get(name)
@@ -229,8 +255,8 @@ class ImageManager:
     def _landed(self, name: str, flight: asyncio.Future[ImageRecord]) -> None:
         if self._flights.get(name) is flight:
             del self._flights[name]
-        if not flight.cancelled():
-            flight.exception()  # retrieved here: every waiter may have gone
+        if not flight.cancelled() and flight.exception() is None:
+            self.pulled.set()  # (the exception is retrieved here: every waiter may have gone)
 
     def forget_pod(self, pod_uid: str) -> None:
         """Drop a removed pod's back-off windows."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -70,14 +71,19 @@ class ImageRecord:
     config: str
     """The image ID, as containerd and crictl show it."""
     stored: float
+    last_used: float | None = None
+    """When a container last used it, as the agent's image garbage collection last wrote."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "digest": self.digest,
             "manifest": self.manifest,
             "config": self.config,
             "stored": self.stored,
         }
+        if self.last_used is not None:
+            doc["lastUsed"] = self.last_used
+        return doc
 
 
 def _hex(digest: str) -> str:
@@ -374,10 +380,29 @@ class ImageStore:
             return {}
         return {
             name: ImageRecord(
-                name, rec["digest"], rec["manifest"], rec["config"], float(rec["stored"])
+                name,
+                rec["digest"],
+                rec["manifest"],
+                rec["config"],
+                float(rec["stored"]),
+                float(rec["lastUsed"]) if rec.get("lastUsed") is not None else None,
             )
             for name, rec in doc.get("images", {}).items()
         }
+
+    def set_last_used(self, by_image_id: dict[str, float]) -> None:
+        """Record when images (by ID) were last used, where that is later than the index says;
+        the index is rewritten only when something changed."""
+        with self._lock(self.index_lock_path, fcntl.LOCK_EX, None):
+            records = self.records()
+            changed = False
+            for name, record in records.items():
+                when = by_image_id.get(record.config)
+                if when is not None and (record.last_used is None or when > record.last_used):
+                    records[name] = dataclasses.replace(record, last_used=when)
+                    changed = True
+            if changed:
+                self._write_index(records)
 
     def _write_index(self, records: dict[str, ImageRecord]) -> None:
         doc = {"version": 1, "images": {n: r.to_json() for n, r in sorted(records.items())}}

@@ -1,7 +1,7 @@
-"""The ``host`` image on an overlay of the node's ``/`` (``hostImageRoot: Overlay``, the
-default): the node's files are there, what the container writes outside its volumes is not
-written to the node, and the node's other mounts (here a tmpfs of the test's own) are overlaid
-too. ``--host-image-root Node`` keeps the old shared root."""
+"""The ``host`` image on an overlay of the node's ``/`` (``--host-image-root Overlay``): the
+node's files are there, what the container writes outside its volumes is not written to the
+node, and the node's other mounts (here a tmpfs of the test's own) are overlaid too. The
+default, ``Node``, shares the node's root."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def node_tmpfs() -> Iterator[Path]:
         path.rmdir()
 
 
+@pytest.fixture
+def overlay_agent() -> Iterator[Agent]:
+    with agent_session([*FAST_BACKOFF, "--host-image-root", "Overlay"]) as agents:
+        agent = agents()
+        agent.start()
+        yield agent
+
+
 def reporter(top: str, mounted: Path, volume: Path, **extra: Any) -> dict[str, Any]:
     return {
         "name": "app",
@@ -84,8 +92,9 @@ def pod_mounts(uid: str) -> list[str]:
 
 
 def test_host_image_writes_stay_in_the_container(
-    agent: Agent, node_tmpfs: Path, tmp_path: Path
+    overlay_agent: Agent, node_tmpfs: Path, tmp_path: Path
 ) -> None:
+    agent = overlay_agent
     top = f"/nlt-{secrets.token_hex(4)}"
     agent.write_manifest("hr.yaml", manifest(
         "hr", [reporter(top, node_tmpfs, tmp_path)], volumes=host_path_volume(tmp_path)
@@ -112,8 +121,9 @@ def test_host_image_writes_stay_in_the_container(
 
 
 def test_read_only_root_covers_the_node_mounts(
-    agent: Agent, node_tmpfs: Path, tmp_path: Path
+    overlay_agent: Agent, node_tmpfs: Path, tmp_path: Path
 ) -> None:
+    agent = overlay_agent
     top = f"/nlt-{secrets.token_hex(4)}"
     container = reporter(top, node_tmpfs, tmp_path,
                          securityContext={"readOnlyRootFilesystem": True})  # fmt: skip
@@ -123,19 +133,18 @@ def test_read_only_root_covers_the_node_mounts(
     assert seen["volume"] == "ok"
 
 
-def test_node_root_shares_the_node_filesystem(node_tmpfs: Path, tmp_path: Path) -> None:
+def test_node_root_is_the_default_and_shares_the_node_filesystem(
+    agent: Agent, node_tmpfs: Path, tmp_path: Path
+) -> None:
     top = f"/nlt-{secrets.token_hex(4)}"
-    with agent_session([*FAST_BACKOFF, "--host-image-root", "Node"]) as agents:
-        agent = agents()
-        agent.start()
-        agent.write_manifest("nd.yaml", manifest(
-            "nd", [reporter(top, node_tmpfs, tmp_path)], volumes=host_path_volume(tmp_path)
-        ))  # fmt: skip
-        try:
-            seen = report(agent, "nd")
-            assert seen["top"] == "ok"
-            assert Path(top).read_text() == "from the container"
-            assert (node_tmpfs / "written").read_text() == "from the container"
-        finally:
-            if os.path.lexists(top):
-                os.unlink(top)
+    agent.write_manifest("nd.yaml", manifest(
+        "nd", [reporter(top, node_tmpfs, tmp_path)], volumes=host_path_volume(tmp_path)
+    ))  # fmt: skip
+    try:
+        seen = report(agent, "nd")
+        assert seen["top"] == "ok"
+        assert Path(top).read_text() == "from the container"
+        assert (node_tmpfs / "written").read_text() == "from the container"
+    finally:
+        if os.path.lexists(top):
+            os.unlink(top)

@@ -27,7 +27,6 @@ UNIMPLEMENTED_IN_KUBEADM = {
     "cpuManagerReconcilePeriod",
     "evictionPressureTransitionPeriod",
     "imageMaximumGCAge",
-    "imageMinimumGCAge",
     "logging",
     "memorySwap",
     "rotateCertificates",

@@ -393,7 +393,11 @@ def test_printed_values_nodelet_holds() -> None:
         "apiVersion": "nodelet.io/v1alpha1",
         "kind": "NodeletConfiguration",
         "manifestValidation": "Strict",
+        "hostImageRoot": "Node",
     }
+    assert kubelet["imageGCHighThresholdPercent"] == 85
+    assert kubelet["imageGCLowThresholdPercent"] == 80
+    assert kubelet["imageMinimumGCAge"] == "2m0s"
 
 
 def test_print_config_text() -> None:
