@@ -111,6 +111,7 @@ class Agent:
                 config.insecure_registries,
                 config.backoff_initial,
                 config.backoff_max,
+                {registry: tuple(urls) for registry, urls in config.registry_mirrors},
             ),
         )
         self._peer_routes: PeerRoutes | None = None

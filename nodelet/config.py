@@ -143,6 +143,8 @@ class AgentConfig:
     (nothing written outside volumes reaches the node); ``Node`` (the default) on the node's
     ``/`` itself, with the node's /proc and /sys."""
     insecure_registries: tuple[str, ...] = ()
+    registry_mirrors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``registryMirrors``: (registry as references name it, its mirror URLs in order)."""
     """Registries (``host[:port]``) pulled from over plain HTTP; loopback ones always may."""
     resolv_conf: str = "/etc/resolv.conf"
     """kubelet's ``--resolv-conf``: the node's resolver file pods' resolv.conf starts from;

@@ -226,6 +226,7 @@ NODELET_FIELDS: dict[str, Kind] = {
     "hostImageRoot": _STR,
     "hostImages": _STRINGS,
     "insecureRegistries": _STRINGS,
+    "registryMirrors": ("map", _STRINGS),
 }
 
 
@@ -747,6 +748,11 @@ def _read_nodelet(path: Path, document: dict[str, Any], settings: FileSettings) 
         settings.values["manifest_validation"] = mode
     if root is not None:
         settings.values["host_image_root"] = root
+    mirrors = body.get("registryMirrors")
+    if mirrors is not None:
+        settings.values["registry_mirrors"] = tuple(
+            (registry, tuple(urls or ())) for registry, urls in mirrors.items()
+        )
     for key, target in (
         ("hostImages", "host_images"),
         ("insecureRegistries", "insecure_registries"),
@@ -829,6 +835,11 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
         **(
             {"insecureRegistries": list(config.insecure_registries)}
             if config.insecure_registries
+            else {}
+        ),
+        **(
+            {"registryMirrors": {r: list(urls) for r, urls in config.registry_mirrors}}
+            if config.registry_mirrors
             else {}
         ),
     }

@@ -53,6 +53,13 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST[:PORT]",
         help="a registry that may be reached over plain HTTP (loopback always may)",
     )
+    pull.add_argument(
+        "--registry-mirror",
+        action="append",
+        default=[],
+        metavar="REGISTRY=URL",
+        help="a mirror tried before the registry, in the order given (docker.io=https://m:5000)",
+    )
     pull.add_argument("--ca-file", type=Path, help="extra CA bundle for the registry's TLS")
     pull.add_argument(
         "--auth-file",
@@ -214,15 +221,29 @@ class _Progress:
 
 def _pull(store: ImageStore, args: argparse.Namespace) -> int:
     from nodelet.image.reference import parse
-    from nodelet.image.registry import RegistryOptions, certs_dir_of, load_docker_config, pull
+    from nodelet.image.registry import (
+        RegistryOptions,
+        certs_dir_of,
+        load_docker_config,
+        mirror_problem,
+        parse_mirrors,
+        pull,
+    )
 
     name = str(parse(args.image))
     auth_file = args.auth_file or args.root_dir / "config.json"
+    mirrors = parse_mirrors(args.registry_mirror)
+    insecure = tuple(args.insecure_registry)
+    for registry, urls in mirrors.items():
+        for url in urls:
+            if why := mirror_problem(registry, url, insecure):
+                raise ValueError(f"--registry-mirror {why}")
     options = RegistryOptions(
-        insecure=tuple(args.insecure_registry),
+        insecure=insecure,
         ca_file=args.ca_file,
         certs_dir=certs_dir_of(args.root_dir),
         credentials=load_docker_config(auth_file),
+        mirrors=mirrors,
     )
     progress = _Progress(name)
     started = time.monotonic()

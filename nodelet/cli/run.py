@@ -132,6 +132,13 @@ def add_run_arguments(sub: Any) -> None:
         "and are never pulled (default: none)",
     )
     run.add_argument(
+        "--registry-mirrors",
+        type=registry_mirrors,
+        metavar="REGISTRY=URL,...",
+        help="mirrors tried in order before a registry (docker.io=https://mirror:5000); "
+        "the image keeps its own name (default: none)",
+    )
+    run.add_argument(
         "--host-image-root",
         choices=HOST_IMAGE_ROOTS,
         help="Overlay: the host image runs on an overlay of the node's /, its writes stay in "
@@ -419,6 +426,15 @@ def log_max_size(text: str) -> int:
     return size
 
 
+def registry_mirrors(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    from nodelet.image.registry import parse_mirrors
+
+    try:
+        return tuple(parse_mirrors(comma_list(text)).items())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def percent(text: str) -> int:
     try:
         value = int(text)
@@ -522,6 +538,7 @@ _FLAG_FIELDS = {
     "host_images": "host_images",
     "host_image_root": "host_image_root",
     "insecure_registries": "insecure_registries",
+    "registry_mirrors": "registry_mirrors",
     "container_log_max_size": "container_log_max_size",
     "container_log_max_files": "container_log_max_files",
     "image_gc_high_threshold": "image_gc_high_threshold",
@@ -605,6 +622,7 @@ def run(args: argparse.Namespace) -> int:
     from nodelet.config import UnsafeDirError
     from nodelet.configfile import ConfigFileError, print_config
     from nodelet.image.gc import policy_problem
+    from nodelet.image.registry import mirror_problem
     from nodelet.logs import agentlog
     from nodelet.network.api import NetworkError
     from nodelet.runtime.process import ProcessRuntime
@@ -627,6 +645,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"nodelet run: --cgroup-root: {err}", file=sys.stderr)
         return 2
+    for registry, urls in config.registry_mirrors:
+        for url in urls:
+            if why := mirror_problem(registry, url, config.insecure_registries):
+                print(f"nodelet run: registryMirrors: {why}", file=sys.stderr)
+                return 2
     if gc_problem := policy_problem(config.image_gc_high_threshold, config.image_gc_low_threshold):
         print(f"nodelet run: {gc_problem}", file=sys.stderr)
         return 2

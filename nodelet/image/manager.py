@@ -304,6 +304,7 @@ def registry_puller(
     insecure: tuple[str, ...],
     auth_file: Path | None,
     certs_dir: Path | None = None,
+    mirrors: dict[str, tuple[str, ...]] | None = None,
 ) -> Puller:
     """Pulls from the image's registry under the store's shared lock; credentials are read from
     ``auth_file`` (a docker ``config.json``) at every pull, so an edit needs no restart; a
@@ -312,7 +313,7 @@ def registry_puller(
     def pull(name: str) -> ImageRecord:
         credentials = registry.load_docker_config(auth_file) if auth_file else {}
         options = registry.RegistryOptions(
-            insecure=insecure, credentials=credentials, certs_dir=certs_dir
+            insecure=insecure, credentials=credentials, certs_dir=certs_dir, mirrors=mirrors or {}
         )
         progress = _ProgressLog(name)
         started = time.monotonic()
@@ -332,6 +333,7 @@ def image_manager(
     insecure_registries: tuple[str, ...],
     backoff_initial: float,
     backoff_max: float,
+    mirrors: dict[str, tuple[str, ...]] | None = None,
 ) -> ImageManager:
     """The agent's manager: the store under ``root_dir/images``, credentials from
     ``root_dir/config.json`` (kubelet's ``/var/lib/kubelet/config.json``), registry CAs from
@@ -342,7 +344,11 @@ def image_manager(
     if store.tmp.is_dir():
         store.try_clear_tmp()
     puller = registry_puller(
-        store, insecure_registries, root_dir / "config.json", registry.certs_dir_of(root_dir)
+        store,
+        insecure_registries,
+        root_dir / "config.json",
+        registry.certs_dir_of(root_dir),
+        mirrors,
     )
     return ImageManager(store, puller, Backoff(backoff_initial, backoff_max), host_images)
 

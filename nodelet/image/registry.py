@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import ssl
 import urllib.error
 import urllib.parse
@@ -43,6 +44,8 @@ from nodelet.image import manifest as mf
 from nodelet.image.assemble import MAX_MANIFEST_SIZE, store_image
 from nodelet.image.reference import Reference, parse, registry_host
 from nodelet.image.store import ImageRecord, ImageStore, ImageStoreError, Progress
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 30.0
 USER_AGENT = "nodelet"
@@ -68,6 +71,36 @@ class RegistryOptions:
     credentials: dict[str, Credentials] = field(default_factory=dict)
     """By registry host, as in a docker ``config.json``'s ``auths``."""
     timeout: float = TIMEOUT
+    mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Registry (as references name it: ``docker.io``) -> mirror endpoints
+    (``https://host[:port]``, ``http://`` for insecure or loopback ones), tried in order before
+    the registry itself, as containerd's ``hosts.toml`` mirrors with pull and resolve."""
+
+
+def parse_mirrors(items: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """``REGISTRY=URL`` items (the flags' form) -> registry -> endpoints, in order."""
+    mirrors: dict[str, list[str]] = {}
+    for item in items:
+        registry, equals, endpoint = item.partition("=")
+        if not equals or not registry.strip() or not endpoint.strip():
+            raise ValueError(f"{item!r}: expected REGISTRY=URL")
+        mirrors.setdefault(registry.strip(), []).append(endpoint.strip())
+    return {registry: tuple(endpoints) for registry, endpoints in mirrors.items()}
+
+
+def mirror_problem(registry: str, endpoint: str, insecure: tuple[str, ...]) -> str | None:
+    """Why a ``registryMirrors`` entry cannot be used; None when it can."""
+    url = urllib.parse.urlsplit(endpoint)
+    if url.scheme not in ("https", "http") or not url.netloc:
+        return f"{registry}: {endpoint!r} is not an https:// or http:// URL of a registry"
+    if url.path not in ("", "/") or url.query or url.fragment or url.username:
+        return f"{registry}: {endpoint!r} must name a host (and port) only, no path"
+    if url.scheme == "http" and url.netloc not in insecure and not is_loopback(url.netloc):
+        return (
+            f"{registry}: {endpoint!r} is plain HTTP: list {url.netloc} in insecureRegistries "
+            "(or use https://)"
+        )
+    return None
 
 
 def certs_dir_of(root_dir: Path) -> Path:
@@ -116,10 +149,10 @@ def is_loopback(host: str) -> bool:
 class RegistryClient:
     """One registry host; keeps its scheme and token between requests."""
 
-    def __init__(self, host: str, options: RegistryOptions) -> None:
+    def __init__(self, host: str, options: RegistryOptions, scheme: str = "https") -> None:
         self.host = host
         self.options = options
-        self.scheme = "https"
+        self.scheme = scheme
         self.token: str | None = None
         self.basic = False
         context = ssl.create_default_context()
@@ -270,9 +303,41 @@ def pull(
     progress: Progress | None = None,
     want: mf.Platform | None = None,
 ) -> ImageRecord:
-    """Pull ``image`` into the store and name it. Under ``store.writer()``."""
+    """Pull ``image`` into the store and name it, from its registry's mirrors in order, then
+    from the registry itself; a source that fails is logged and the next one tried, and when
+    all fail the error names each. The image keeps its own name whoever served it. Under
+    ``store.writer()`` or ``store.puller()``."""
     ref = parse(image)
-    client = RegistryClient(registry_host(ref.domain), options)
+    upstream = RegistryClient(registry_host(ref.domain), options)
+    sources = [_mirror_client(url, options) for url in options.mirrors.get(ref.domain, ())]
+    failures: list[str] = []
+    for client in [*sources, upstream]:
+        try:
+            return _pull_from(client, store, ref, progress, want)
+        except (ImageStoreError, OSError) as error:
+            if client is upstream:
+                if not failures:
+                    raise
+                failures.append(str(error))
+                break
+            log.warning("pull of %s from mirror %s failed, trying the next source: %s",
+                        image, client.host, error)  # fmt: skip
+            failures.append(f"mirror {client.host}: {error}")
+    raise RegistryError(f"every source failed: {'; '.join(failures)}")
+
+
+def _mirror_client(endpoint: str, options: RegistryOptions) -> RegistryClient:
+    url = urllib.parse.urlsplit(endpoint)
+    return RegistryClient(url.netloc, options, scheme=url.scheme)
+
+
+def _pull_from(
+    client: RegistryClient,
+    store: ImageStore,
+    ref: Reference,
+    progress: Progress | None,
+    want: mf.Platform | None,
+) -> ImageRecord:
     client.ping()
     scope = f"repository:{ref.path}:pull"
     top = _top_descriptor(store, client, ref, scope)
