@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from nodelet.config import AgentConfig
+from nodelet.image import progress
+from nodelet.image.progress import PullProgress
 from nodelet.image.reference import InvalidImageNameError
 from nodelet.image.store import ImageRecord, ImageStore, ImageStoreError
 from nodelet.image.unpack import UnsafeLayerError
@@ -198,25 +200,22 @@ def _prune(store: ImageStore) -> int:
     return 0
 
 
-class _Progress:
-    """One status line on a terminal; nothing when stderr is a file (logs stay readable)."""
-
-    def __init__(self, image: str) -> None:
-        self.image = image
-        self.total = 0
-        self.last = 0.0
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, count: int) -> None:
-        self.total += count
-        now = time.monotonic()
-        if self.tty and now - self.last > 0.1:
-            self.last = now
-            print(f"\rpulling {self.image}: {_human(self.total)}", end="", file=sys.stderr)
-
-    def done(self) -> None:
-        if self.tty and self.total:
-            print(file=sys.stderr)
+def _terminal_progress(name: str) -> PullProgress:
+    """A bar redrawn in place on a terminal; a plain line every 2 s when stderr is not one
+    (no carriage returns in a log file)."""
+    if sys.stderr.isatty():
+        return PullProgress(
+            name,
+            lambda line: print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True),
+            progress.REDRAW_SECONDS,
+            progress.bar_line,
+        )
+    return PullProgress(
+        name,
+        lambda line: print(line, file=sys.stderr, flush=True),
+        progress.LINE_SECONDS,
+        lambda name, done, total, _rate: progress.plain_line(name, done, total),
+    )
 
 
 def _pull(store: ImageStore, args: argparse.Namespace) -> int:
@@ -245,13 +244,13 @@ def _pull(store: ImageStore, args: argparse.Namespace) -> int:
         credentials=load_docker_config(auth_file),
         mirrors=mirrors,
     )
-    progress = _Progress(name)
+    shown = _terminal_progress(name)
     started = time.monotonic()
     with store.writer(_waiting):
-        try:
-            record = pull(store, name, options, progress)
-        finally:
-            progress.done()
+        record = pull(store, name, options, shown)
+    shown.finish()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     took = time.monotonic() - started
-    print(f"pulled {name} ({record.config}), {_human(progress.total)} in {took:.1f}s")
+    print(f"pulled {name} ({record.config}), {_human(shown.done)} in {took:.1f}s")
     return 0

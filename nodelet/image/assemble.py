@@ -76,6 +76,10 @@ def store_image(
         if not store.layer_dir(diff_id).is_dir():
             wanted.setdefault(diff_id, layer)
 
+    expect = getattr(progress, "expect", None)  # a progress that shows a total (a bar)
+    if expect is not None:
+        expect(sum(layer.size for layer in wanted.values() if not store.has_blob(layer.digest)))
+
     def one(item: tuple[str, mf.Descriptor]) -> None:
         diff_id, layer = item
         if not store.has_blob(layer.digest):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodelet.image import registry
+from nodelet.image.progress import PullProgress, plain_line
 from nodelet.image.reference import (
     InvalidImageNameError,
     Reference,
@@ -283,22 +284,6 @@ def backoff_key(pod_uid: str, image: str) -> str:
     return f"{pod_uid}_{image}"
 
 
-class _ProgressLog:
-    """A pull's bytes in the log every few seconds (the CLI has its own status line)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.total = 0
-        self._next = time.monotonic() + PROGRESS_LOG_SECONDS
-
-    def __call__(self, count: int) -> None:
-        self.total += count
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + PROGRESS_LOG_SECONDS
-            log.info("pulling %s: %.1f MB so far", self.name, self.total / 1e6)
-
-
 def registry_puller(
     store: ImageStore,
     insecure: tuple[str, ...],
@@ -315,13 +300,18 @@ def registry_puller(
         options = registry.RegistryOptions(
             insecure=insecure, credentials=credentials, certs_dir=certs_dir, mirrors=mirrors or {}
         )
-        progress = _ProgressLog(name)
+        progress = PullProgress(
+            name,
+            lambda line: log.info("%s", line),
+            PROGRESS_LOG_SECONDS,
+            lambda name, done, total, _rate: plain_line(name, done, total),
+        )
         started = time.monotonic()
         log.info("pulling %s", name)
         with store.puller(lambda: log.info("pull of %s waits for the image store lock", name)):
             record = registry.pull(store, name, options, progress)
         log.info("pulled %s (%s): %.1f MB in %.2fs", name, record.config,
-                 progress.total / 1e6, time.monotonic() - started)  # fmt: skip
+                 progress.done / 1e6, time.monotonic() - started)  # fmt: skip
         return record
 
     return pull

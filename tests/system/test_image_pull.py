@@ -9,11 +9,13 @@ import datetime
 import http.server
 import json
 import os
+import pty
 import re
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -348,3 +350,45 @@ def test_bearer_token_auth_with_credentials_from_config_json(
     nodelet_image(root, "pull", name)
     assert tokens.issued == issued + 1  # one token serves the whole pull
     assert json.loads(nodelet_image(root, "inspect", name))["id"] == sha(image.config())
+
+
+def test_pull_shows_a_bar_on_a_terminal_and_plain_lines_elsewhere(
+    registry: Registry, tmp_path: Path
+) -> None:
+    image = BuiltImage([busybox_layer(), app_layer()])
+    image.write_oci(tmp_path / "oci", "1")
+    name = f"{registry.host}/nlt/test:1"
+    push(tmp_path / "oci", "1", name)
+    main, tty = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nodelet", "image", "pull", name,
+             "--root-dir", str(tmp_path / "nlt-tty")],
+            stdout=subprocess.PIPE, stderr=tty,
+        )  # fmt: skip
+        os.close(tty)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(main)
+    text = shown.decode()
+    assert "\r" in text and "] 100%" in text and "MB/s" in text
+    total = sum(len(blob) for blob in image.blobs()) / 1e6
+    assert f"/{total:.1f} MB" in text  # the layers' size, known from the manifest
+    plain = subprocess.run(
+        [sys.executable, "-m", "nodelet", "image", "pull", name,
+         "--root-dir", str(tmp_path / "nlt-plain")],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert "\r" not in plain.stderr
+    assert plain.stderr.strip().splitlines()[-1] == (
+        f"pulling {name}: {total:.1f} of {total:.1f} MB (100 %)"
+    )
