@@ -337,6 +337,7 @@ class Agent:
             config.image_gc_high_threshold,
             config.image_gc_low_threshold,
             config.image_minimum_gc_age,
+            config.image_maximum_gc_age,
         )
         if images is None or not policy.enabled:
             return

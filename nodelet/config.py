@@ -138,6 +138,8 @@ class AgentConfig:
     """``imageGCLowThresholdPercent``: and frees down to this %."""
     image_minimum_gc_age: float = 120.0
     """``imageMinimumGCAge``: an image stored more recently is never collected."""
+    image_maximum_gc_age: float = 0.0
+    """``imageMaximumGCAge``: an unused image not used for longer is collected (0: never)."""
     host_image_root: str = "Node"
     """``hostImageRoot``: ``Overlay`` runs the host image on an overlay of the node's ``/``
     (nothing written outside volumes reaches the node); ``Node`` (the default) on the node's

@@ -569,6 +569,7 @@ HONOURED: dict[str, tuple[str | None, Convert]] = {
     "imageGCHighThresholdPercent": ("image_gc_high_threshold", _percent),
     "imageGCLowThresholdPercent": ("image_gc_low_threshold", _percent),
     "imageMinimumGCAge": ("image_minimum_gc_age", _nonnegative_seconds),
+    "imageMaximumGCAge": ("image_maximum_gc_age", _nonnegative_seconds),
     "podCIDR": ("pod_cidr", _pod_cidr),
     "resolvConf": ("resolv_conf", _resolv_conf),
     "clusterDNS": ("cluster_dns", _ips),
@@ -823,6 +824,7 @@ def effective_documents(config: Any) -> list[dict[str, Any]]:
             "imageGCHighThresholdPercent": config.image_gc_high_threshold,
             "imageGCLowThresholdPercent": config.image_gc_low_threshold,
             "imageMinimumGCAge": format_duration(config.image_minimum_gc_age),
+            "imageMaximumGCAge": format_duration(config.image_maximum_gc_age),
             "crashLoopBackOff": {"maxContainerRestartPeriod": format_duration(config.backoff_max)},
         }
     )

@@ -650,7 +650,12 @@ def run(args: argparse.Namespace) -> int:
             if why := mirror_problem(registry, url, config.insecure_registries):
                 print(f"nodelet run: registryMirrors: {why}", file=sys.stderr)
                 return 2
-    if gc_problem := policy_problem(config.image_gc_high_threshold, config.image_gc_low_threshold):
+    if gc_problem := policy_problem(
+        config.image_gc_high_threshold,
+        config.image_gc_low_threshold,
+        config.image_minimum_gc_age,
+        config.image_maximum_gc_age,
+    ):
         print(f"nodelet run: {gc_problem}", file=sys.stderr)
         return 2
     if config.kube_api_qps <= 0 or config.kube_api_burst < 1:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from nodelet.configfile import format_duration as go_duration
 from nodelet.image.store import ImageRecord, ImageStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class GCPolicy:
     high_percent: int = DEFAULT_HIGH_PERCENT
     low_percent: int = DEFAULT_LOW_PERCENT
     min_age: float = DEFAULT_MIN_AGE_SECONDS
+    max_age: float = 0.0
+    """``imageMaximumGCAge``: an unused image not used for longer goes whatever the disk
+    says; 0 turns it off. kubelet first waits that long after its own start (it has no last
+    use from before); the last use here survives restarts, so there is no such wait."""
 
     @property
     def enabled(self) -> bool:
@@ -42,8 +47,10 @@ class GCPolicy:
         return self.high_percent < 100
 
 
-def policy_problem(high: int, low: int) -> str | None:
-    """kubelet's validation of the thresholds; None when they are fine."""
+def policy_problem(
+    high: int, low: int, min_age: float = DEFAULT_MIN_AGE_SECONDS, max_age: float = 0.0
+) -> str | None:
+    """kubelet's validation of the thresholds and ages; None when they are fine."""
     if not 0 <= high <= 100:
         return (
             f"invalid configuration: imageGCHighThresholdPercent ({high}) must be between 0 and 100"
@@ -56,6 +63,15 @@ def policy_problem(high: int, low: int) -> str | None:
         return (
             f"invalid configuration: imageGCLowThresholdPercent ({low}) must be less than or "
             f"equal to imageGCHighThresholdPercent ({high})"
+        )
+    if max_age < 0:
+        return (
+            f"invalid configuration: imageMaximumGCAge {go_duration(max_age)} must not be negative"
+        )
+    if 0 < max_age <= min_age:
+        return (
+            f"invalid configuration: imageMaximumGCAge {go_duration(max_age)} must be greater "
+            f"than imageMinimumGCAge {go_duration(min_age)}"
         )
     return None
 
@@ -128,6 +144,25 @@ def candidates(
     return sorted(eligible, key=lambda image: (image.last_used, image.first_seen, image.id))
 
 
+def too_old(
+    images: Iterable[StoredImage], in_use: set[str], now: float, policy: GCPolicy
+) -> list[StoredImage]:
+    """Unused images last used more than ``max_age`` ago (none when it is 0)."""
+    if policy.max_age <= 0:
+        return []
+    return [
+        image
+        for image in candidates(images, in_use, now, policy)
+        if now - image.last_used > policy.max_age
+    ]
+
+
+def _remove(store: ImageStore, image: StoredImage, why: str) -> None:
+    store.remove(list(image.names))
+    store.prune()
+    log.info("removed image %s (%s): %s", image.id, ", ".join(image.names), why)
+
+
 def available_bytes(path: str) -> tuple[int, int]:
     """(capacity, available) of the filesystem holding ``path``, as kubelet's image fs stats."""
     stats = os.statvfs(path)
@@ -150,6 +185,10 @@ def collect(
     with store.writer(lambda: log.info("image garbage collection waits for the image store")):
         images = group_images(store.records().values(), last_used)
         store.set_last_used({image.id: image.last_used for image in images})
+        for image in too_old(images, in_use, now, policy):
+            _remove(store, image, f"unused for {now - image.last_used:.0f}s (imageMaximumGCAge)")
+            result.removed.append(image)
+            images.remove(image)
         capacity, available = fs_stats(str(store.base))
         result.wanted = bytes_to_free(capacity, available, policy)
         if result.wanted <= 0:
@@ -160,13 +199,10 @@ def collect(
             usage_percent(capacity, available), policy.high_percent, result.wanted,
         )  # fmt: skip
         for image in candidates(images, in_use, now, policy):
-            store.remove(list(image.names))
-            store.prune()
+            _remove(store, image, f"last used {now - image.last_used:.0f}s ago")
             result.removed.append(image)
             _capacity, now_available = fs_stats(str(store.base))
             result.bytes_freed = now_available - available
-            log.info("removed image %s (%s), last used %.0fs ago",
-                     image.id, ", ".join(image.names), now - image.last_used)  # fmt: skip
             if now_available >= target:
                 return result
         result.short = True

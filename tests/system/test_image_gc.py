@@ -134,3 +134,29 @@ def test_images_younger_than_the_minimum_age_stay(small_root: tuple[Agent, Path]
     wait_for(lambda: "Failed to garbage collect" in agent.output.read_text(), 30, "a GC pass")
     assert names(root) == sorted(IMAGES)
     assert used_percent(root) > 85
+
+
+def test_an_image_unused_past_the_maximum_age_goes_without_disk_pressure(tmp_path: Path) -> None:
+    config = tmp_path / "kubelet.yaml"
+    config.write_text(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+        "imageMaximumGCAge: 500s\n"  # (kubelet has no flag for it)
+    )
+    # imageMinimumGCAge: 0s in a file is kubelet's "unset" (2m); the flag's 0s is zero.
+    extra = ["--config", str(config), "--minimum-image-ttl-duration", "0s"]
+    with agent_session([*FAST_BACKOFF, *extra]) as agents:
+        agent = agents()
+        archive = docker_archive([(filler_image(i), [name]) for i, name in enumerate(IMAGES)])
+        nodelet_image(agent.root, "import", "-", stdin=archive)
+        index_path = agent.root / "images" / "index.json"
+        index = json.loads(index_path.read_text())
+        now = time.time()
+        for name, ago in ((IMAGES[0], 5000), (IMAGES[1], 100), (IMAGES[2], 1000)):
+            index["images"][name]["lastUsed"] = now - ago
+        index_path.write_text(json.dumps(index))
+        run_pod_on(agent, IMAGES[0])  # unused the longest, but in use
+        agent.start()
+        wait_for(lambda: IMAGES[2] not in names(agent.root), 30, "the image unused for 1000 s")
+        assert names(agent.root) == sorted([IMAGES[0], IMAGES[1]])
+        assert "(imageMaximumGCAge)" in agent.output.read_text()
+        assert used_percent(agent.root) < 85  # no disk pressure was needed

@@ -26,7 +26,6 @@ UNIMPLEMENTED_IN_KUBEADM = {
     "containerRuntimeEndpoint",
     "cpuManagerReconcilePeriod",
     "evictionPressureTransitionPeriod",
-    "imageMaximumGCAge",
     "logging",
     "memorySwap",
     "rotateCertificates",

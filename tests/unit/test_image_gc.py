@@ -79,6 +79,19 @@ def test_names_of_one_image_are_grouped_and_last_use_is_the_latest_known() -> No
     assert group_images(records[2:], {})[0].last_used == 20.0  # never used: when stored
 
 
+def test_images_unused_longer_than_the_maximum_age_go_whatever_the_disk_says() -> None:
+    from nodelet.image.gc import too_old
+
+    images = [image("old", 0, 100), image("used", 0, 0), image("recent", 0, 900)]
+    policy = GCPolicy(min_age=0, max_age=500)
+    assert [i.id for i in too_old(images, {"used"}, 1000, policy)] == ["old"]
+    assert too_old(images, set(), 1000, GCPolicy(min_age=0)) == []  # 0: off
+    assert policy_problem(85, 80, 120, 60) == (
+        "invalid configuration: imageMaximumGCAge 1m0s must be greater than imageMinimumGCAge 2m0s"
+    )
+    assert policy_problem(85, 80, 120, 121) is None
+
+
 def test_threshold_validation_is_kubelets() -> None:
     assert policy_problem(85, 80) is None
     assert policy_problem(100, 100) is None
