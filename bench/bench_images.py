@@ -7,6 +7,9 @@
    processes up (the holder's CRI timestamp of each container's first output) and -> Running in
    the local API (``/pods`` polled every 2 ms). The variants alternate on one agent.
    Goal: image p50 <= 60 ms.
+   Then the host image's two roots: the node's own ``/`` (``--host-image-root Node``, the
+   default) against an overlay of it (``Overlay``: the node's other mounts overlaid too), one
+   agent each, pods alternating between them.
 2. Pull and unpack of a 100 MB image (5 layers of 20 MB of random, incompressible data, gzip)
    from Debian's docker-registry on loopback (pushed there with skopeo): ``nodelet image pull``
    into a fresh root dir vs ``skopeo copy docker://... oci:DIR`` into a fresh dir, alternating,
@@ -16,7 +19,7 @@
 
 Figures are printed with the load average (the machine is shared); goals are printed, not
 asserted. NODELET_BENCH_IMAGE_RUNS (default 20) and NODELET_BENCH_PULL_RUNS (default 3) set the
-runs; NODELET_BENCH_IMAGES=start or =pull runs one part only.
+runs; NODELET_BENCH_IMAGES=start, =hostroot or =pull runs one part only.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from tests.system.test_image_pull import push, run_registry
 
 START_RUNS = int(os.environ.get("NODELET_BENCH_IMAGE_RUNS", "20"))
 PULL_RUNS = int(os.environ.get("NODELET_BENCH_PULL_RUNS", "3"))
-PARTS = os.environ.get("NODELET_BENCH_IMAGES", "start,pull").split(",")
+PARTS = os.environ.get("NODELET_BENCH_IMAGES", "start,hostroot,pull").split(",")
 CONTAINERS = 3
 START_GOAL_MS = 60.0
 PULL_GOAL_RATIO = 1.5
@@ -124,6 +127,33 @@ def bench_start() -> None:
     p50 = percentiles([r[0] for r in results["image"]])[0]
     verdict = "met" if p50 <= START_GOAL_MS else "MISSED"
     print(f"  image p50 {p50:.1f} ms, all processes up (goal <= {START_GOAL_MS:.0f} ms: {verdict})")
+
+
+def bench_host_root() -> None:
+    runs: dict[str, list[tuple[float, float]]] = {"Node": [], "Overlay": []}
+    with (
+        agent_session(show_log=False) as make_node,
+        agent_session(["--host-image-root", "Overlay"], show_log=False) as make_overlay,
+    ):
+        agents = {"Node": make_node(), "Overlay": make_overlay()}
+        for agent in agents.values():
+            agent.start()
+        time.sleep(1.0)
+        for label, agent in agents.items():
+            start_once(agent, f"warm{label.lower()}", "host")
+        before = load()
+        for n in range(START_RUNS):
+            order = list(agents) if n % 2 == 0 else list(reversed(agents))
+            for label in order:
+                runs[label].append(start_once(agents[label], f"r{n}{label.lower()}", "host"))
+        after = load()
+    print(f"pod start on image: host, {CONTAINERS} containers, by --host-image-root "
+          f"({before} -> {after}):")  # fmt: skip
+    print("  file written -> all processes up (CRI log):")
+    for label, results in runs.items():
+        report(f"  {label}", [r[0] for r in results])
+    node, overlay = (percentiles([r[0] for r in runs[k]])[0] for k in ("Node", "Overlay"))
+    print(f"    the overlay's share at p50: {overlay - node:+.1f} ms")
 
 
 def big_image() -> BuiltImage:
@@ -204,6 +234,8 @@ def bench_pull() -> None:
 def main() -> None:
     if "start" in PARTS:
         bench_start()
+    if "hostroot" in PARTS:
+        bench_host_root()
     if "pull" in PARTS:
         bench_pull()
 
