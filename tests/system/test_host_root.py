@@ -87,6 +87,17 @@ def report(agent: Agent, name: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in agent.log_lines(pod, "app") if "=" in line)
 
 
+def run_reporter(
+    agent: Agent, name: str, top: str, mounted: Path, volume: Path, **extra: Any
+) -> dict[str, str]:
+    """Start a pod of one ``reporter`` container with ``volume`` as its hostPath; its report."""
+    container = reporter(top, mounted, volume, **extra)
+    agent.write_manifest(
+        f"{name}.yaml", manifest(name, [container], volumes=host_path_volume(volume))
+    )
+    return report(agent, name)
+
+
 def pod_mounts(uid: str) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if uid in line]
 
@@ -96,11 +107,8 @@ def test_host_image_writes_stay_in_the_container(
 ) -> None:
     agent = overlay_agent
     top = f"/nlt-{secrets.token_hex(4)}"
-    agent.write_manifest("hr.yaml", manifest(
-        "hr", [reporter(top, node_tmpfs, tmp_path)], volumes=host_path_volume(tmp_path)
-    ))  # fmt: skip
     try:
-        seen = report(agent, "hr")
+        seen = run_reporter(agent, "hr", top, node_tmpfs, tmp_path)
         assert seen["os-release"] == "True"  # the node's files are the root's lower layer
         assert seen["seen"] == "from the node"  # and its other mounts are there too
         assert seen["mode"] == "0o1777"  # with their own root's mode
@@ -125,10 +133,8 @@ def test_read_only_root_covers_the_node_mounts(
 ) -> None:
     agent = overlay_agent
     top = f"/nlt-{secrets.token_hex(4)}"
-    container = reporter(top, node_tmpfs, tmp_path,
-                         securityContext={"readOnlyRootFilesystem": True})  # fmt: skip
-    agent.write_manifest("ro.yaml", manifest("ro", [container], volumes=host_path_volume(tmp_path)))
-    seen = report(agent, "ro")
+    read_only = {"readOnlyRootFilesystem": True}
+    seen = run_reporter(agent, "ro", top, node_tmpfs, tmp_path, securityContext=read_only)
     assert (seen["top"], seen["mounted"]) == ("errno30", "errno30")  # EROFS, both
     assert seen["volume"] == "ok"
 
@@ -137,11 +143,8 @@ def test_node_root_is_the_default_and_shares_the_node_filesystem(
     agent: Agent, node_tmpfs: Path, tmp_path: Path
 ) -> None:
     top = f"/nlt-{secrets.token_hex(4)}"
-    agent.write_manifest("nd.yaml", manifest(
-        "nd", [reporter(top, node_tmpfs, tmp_path)], volumes=host_path_volume(tmp_path)
-    ))  # fmt: skip
     try:
-        seen = report(agent, "nd")
+        seen = run_reporter(agent, "nd", top, node_tmpfs, tmp_path)
         assert seen["top"] == "ok"
         assert Path(top).read_text() == "from the container"
         assert (node_tmpfs / "written").read_text() == "from the container"
