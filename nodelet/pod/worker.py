@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import functools
 import logging
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,7 +28,6 @@ from nodelet.config import AgentConfig
 from nodelet.image.lookup import ImageInfo, local_image
 from nodelet.image.manager import ImageError, ImageManager
 from nodelet.logs import retention
-from nodelet.manifest import schema
 from nodelet.model import StaticPod
 from nodelet.network.api import NetworkError, PodNetwork, PodNetworkRequest
 from nodelet.pod import dns, hostsfile
@@ -42,10 +40,10 @@ from nodelet.pod.actions import (
     compute_pod_actions,
     sandbox_backoff_key,
 )
+from nodelet.pod.admission import ADMISSION_CHECKS
 from nodelet.pod.backoff import Backoff
 from nodelet.pod.containerprep import (
     ContainerConfigError,
-    NodeSecurity,
     PodContext,
     build_container_config,
     container_log_path,
@@ -54,6 +52,8 @@ from nodelet.pod.containerprep import (
     sandbox_config,
 )
 from nodelet.pod.network import port_mappings
+from nodelet.pod.nodesecurity import node_security
+from nodelet.pod.podrecord import pod_record
 from nodelet.pod.probes import PodProbes, ProbeTarget, run_post_start
 from nodelet.pod.status import build_pod_status
 from nodelet.pod.termination import ensure_file, message_file, termination_message
@@ -74,9 +74,6 @@ from nodelet.runtime.api import (
     UserNamespace,
 )
 from nodelet.security import userns
-from nodelet.security.capabilities import status_capabilities
-from nodelet.security.lsm import lsm_refusal
-from nodelet.security.sysctls import check_sysctls
 from nodelet.util import safepath
 from nodelet.util.aio import wait_event
 from nodelet.util.timefmt import parse_rfc3339
@@ -92,76 +89,6 @@ VOLUME_REMOVAL_ATTEMPTS = 3
 """A tmpfs still busy is retried; what is left after that is swept at the next agent start."""
 USAGE_CHECK_SECONDS = 10.0
 """How often emptyDir usage is measured against ``sizeLimit`` (kubelet's eviction interval)."""
-SYSCTL_FORBIDDEN = "SysctlForbidden"
-APPARMOR_REFUSED = "AppArmor"
-HOST_PORT_UNAVAILABLE = "HostPortUnavailable"
-USERNS_UNSUPPORTED = "UserNamespacesUnsupported"
-
-
-def _sysctl_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
-    """kubelet's sysctl admission (``pkg/kubelet/sysctl``): reason SysctlForbidden."""
-    context = pod.spec.get("securityContext") or {}
-    errors = check_sysctls(
-        context.get("sysctls"), pod.host_network, pod.host_ipc, config.allowed_unsafe_sysctls
-    )
-    return (SYSCTL_FORBIDDEN, "; ".join(errors)) if errors else None
-
-
-def _lsm_refusal(pod: StaticPod, _config: AgentConfig) -> tuple[str, str] | None:
-    """kubelet's AppArmor admission, and SELinux options this node cannot apply."""
-    message = lsm_refusal(pod.manifest)
-    return (APPARMOR_REFUSED if "AppArmor" in message else "SELinux", message) if message else None
-
-
-def _host_port_refusal(pod: StaticPod, config: AgentConfig) -> tuple[str, str] | None:
-    """A hostPort needs a pod network to map it: never dropped silently."""
-    if config.network_plugin != "none" or pod.host_network or not port_mappings(pod):
-        return None
-    return (HOST_PORT_UNAVAILABLE, "hostPort needs a pod network, and this node runs "
-            "--network-plugin=none")  # fmt: skip
-
-
-def _userns_refusal(pod: StaticPod, _config: AgentConfig) -> tuple[str, str] | None:
-    """``hostUsers: false`` on a kernel without user namespaces: refused, never run in the
-    host's (kubelet fails the sandbox: the runtime does not support user namespaces)."""
-    if not userns.wants_user_namespace(pod.spec):
-        return None
-    message = userns.kernel_refusal()
-    return (USERNS_UNSUPPORTED, message) if message else None
-
-
-AdmissionCheck = Callable[[StaticPod, AgentConfig], "tuple[str, str] | None"]
-ADMISSION_CHECKS: tuple[AdmissionCheck, ...] = (
-    _sysctl_refusal, _lsm_refusal, _host_port_refusal, _userns_refusal,
-)  # fmt: skip
-"""Each returns (reason, message) when the node must refuse the pod, else None."""
-
-
-@functools.cache
-def _node_caps() -> frozenset[int]:
-    """The agent's own effective capabilities (they do not change while it runs)."""
-    return status_capabilities(Path("/proc/self/status").read_text())
-
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def node_security(config: AgentConfig) -> NodeSecurity:
-    """The node's part of every container's security; passwd and group are read at each start,
-    as containerd reads the image's."""
-    return NodeSecurity(
-        node_caps=_node_caps(),
-        passwd=_read_text("/etc/passwd"),
-        group=_read_text("/etc/group"),
-        seccomp_dir=config.seccomp_dir,
-        seccomp_default=config.seccomp_default,
-        host_image_overlay=config.host_image_root == "Overlay",
-        agent_dirs=tuple(os.path.realpath(path) for path in config.private_dirs),
-    )
 
 
 def _no_event(_pod: StaticPod, _type: str, _reason: str, _message: str, _path: str) -> None:
@@ -226,53 +153,6 @@ _LEGAL_EDGES: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.TERMINATING: frozenset({WorkerState.TERMINATED}),
     WorkerState.TERMINATED: frozenset(),
 }
-
-
-def pod_record(pod: StaticPod) -> dict[str, Any]:
-    """What the runtime stores in the run dir so a restarted agent knows the pod."""
-    return {
-        "uid": pod.uid,
-        "namespace": pod.namespace,
-        "name": pod.name,
-        "sourcePath": pod.source_path,
-        "manifest": pod.manifest,
-    }
-
-
-class RecordError(ValueError):
-    """A stored pod record that cannot be trusted to drive a worker."""
-
-
-def pod_from_record(record: dict[str, Any], uid: str) -> StaticPod:
-    """The pod a run dir's ``pod.json`` describes, checked as strictly as a manifest's shape:
-    a damaged or foreign record must never reach a worker (it would crash it and leak the pod)."""
-    keys = ("uid", "namespace", "name", "sourcePath")
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
-        raise RecordError("missing uid, namespace, name or sourcePath")
-    if record["uid"] != uid:
-        raise RecordError(f"record is for uid {record['uid'][:64]!r}")
-    manifest = record.get("manifest")
-    problems: list[str] = []
-    schema.check(manifest, "V1Pod", "manifest", lambda f, why: problems.append(f"{f}: {why}"))
-    if not isinstance(manifest, dict) or problems:
-        raise RecordError("; ".join(problems[:3]) or "manifest is not an object")
-    spec = manifest.get("spec")
-    containers = spec.get("containers") if isinstance(spec, dict) else None
-    if not containers or not all(
-        isinstance(c, dict) and isinstance(c.get("name"), str)
-        for c in [*containers, *(spec.get("initContainers") or [])]  # type: ignore[union-attr]
-    ):
-        raise RecordError("manifest.spec.containers is missing or malformed")
-    meta = manifest.get("metadata") or {}
-    if meta.get("uid") != uid or meta.get("name") != record["name"]:
-        raise RecordError("manifest metadata does not match the record")
-    return StaticPod(
-        uid=uid,
-        namespace=record["namespace"],
-        name=record["name"],
-        source_path=record["sourcePath"],
-        manifest=manifest,
-    )
 
 
 def describe(pod: StaticPod) -> str:

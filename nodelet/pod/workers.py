@@ -21,13 +21,8 @@ from nodelet.manifest import podconfig
 from nodelet.manifest.podconfig import OpKind
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.model import DEFAULT_GRACE_SECONDS, StaticPod
-from nodelet.pod.worker import (
-    PodWorker,
-    RecordError,
-    WorkerContext,
-    describe,
-    pod_from_record,
-)
+from nodelet.pod.podrecord import RecordError, pod_from_record
+from nodelet.pod.worker import PodWorker, WorkerContext, describe
 from nodelet.runtime.api import KnownPod
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from nodelet.manifest import defaults
 from nodelet.manifest.snapshot import SourceSnapshot
 from nodelet.model import StaticPod
 from nodelet.pod.backoff import Backoff
-from nodelet.pod.worker import WorkerContext, WorkerState, pod_record
+from nodelet.pod.podrecord import pod_record
+from nodelet.pod.worker import WorkerContext, WorkerState
 from nodelet.pod.workers import PodWorkers
 from nodelet.runtime.api import ContainerConfig, ContainerStartError
 from tests.fakes.runtime import FakeClock, FakeRuntime

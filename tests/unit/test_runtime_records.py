@@ -18,7 +18,7 @@ from nodelet.holder import protocol
 from nodelet.logs import retention
 from nodelet.pod.actions import compute_pod_actions, sandbox_backoff_key
 from nodelet.pod.backoff import Backoff
-from nodelet.pod.worker import RecordError, pod_from_record
+from nodelet.pod.podrecord import RecordError, pod_from_record
 from nodelet.runtime import journal, rundir
 from nodelet.runtime.api import SandboxStatus
 from nodelet.util import safepath
