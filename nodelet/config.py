@@ -140,9 +140,9 @@ class AgentConfig:
     """``imageMinimumGCAge``: an image stored more recently is never collected."""
     image_maximum_gc_age: float = 0.0
     """``imageMaximumGCAge``: an unused image not used for longer is collected (0: never)."""
-    host_image_root: str = "Node"
-    """``hostImageRoot``: ``Overlay`` runs the host image on an overlay of the node's ``/``
-    (nothing written outside volumes reaches the node); ``Node`` (the default) on the node's
+    host_image_root: str = "Overlay"
+    """``hostImageRoot``: ``Overlay`` (the default) runs the host image on an overlay of the
+    node's ``/`` (nothing written outside volumes reaches the node); ``Node`` on the node's
     ``/`` itself, with the node's /proc and /sys."""
     insecure_registries: tuple[str, ...] = ()
     registry_mirrors: tuple[tuple[str, tuple[str, ...]], ...] = ()

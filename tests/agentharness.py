@@ -210,9 +210,12 @@ def agent_session(
     # No pod network unless a test asks for one (with names of its own): the built-in one
     # would make the node's `nodelet0` bridge and `nodelet` nft table.
     # No kubelet API either (every agent would bind :10250); a test's own --port wins.
+    # The host image on the node's own / (--host-image-root Node): most tests watch their
+    # containers through host paths and host pids; the overlay (the agent's default) is
+    # tested by the tests that pass --host-image-root Overlay (a later flag wins).
     args = [
         "--cgroup-root", cgroup_root, "--network-plugin", "none", "--port", "0",
-        *(extra_args or []),
+        "--host-image-root", "Node", *(extra_args or []),
     ]  # fmt: skip
 
     def make() -> Agent:

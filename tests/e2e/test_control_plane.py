@@ -61,6 +61,7 @@ def control_plane(with_kubeconfig: bool) -> Iterator[tuple[Agent, Layout]]:
         )  # fmt: skip
         write_pki(layout, NODE)
         args = BACKOFF + (["--kubeconfig", str(layout.node_kubeconfig)] if with_kubeconfig else [])
+        args += ["--host-image-root", "Overlay"]  # the agent's default: kubeadm's pods run on it
         with agent_session(args) as make:
             agent = make()
             for name, text in rendered_manifests(layout).items():

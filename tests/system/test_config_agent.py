@@ -106,7 +106,7 @@ def test_print_config_shows_the_effective_settings_and_exits(tmp_path: Path) -> 
         "apiVersion": "nodelet.io/v1alpha1",
         "kind": "NodeletConfiguration",
         "manifestValidation": "Warn",
-        "hostImageRoot": "Node",
+        "hostImageRoot": "Overlay",
     }
     assert "cgroupDriver: kubelet setting not implemented" in done.stderr
     assert not run_dir.exists()  # it printed; it did not start

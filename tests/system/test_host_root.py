@@ -1,7 +1,7 @@
-"""The ``host`` image on an overlay of the node's ``/`` (``--host-image-root Overlay``): the
-node's files are there, what the container writes outside its volumes is not written to the
-node, and the node's other mounts (here a tmpfs of the test's own) are overlaid too. The
-default, ``Node``, shares the node's root."""
+"""The ``host`` image on an overlay of the node's ``/`` (``--host-image-root Overlay``, the
+agent's default): the node's files are there, what the container writes outside its volumes is
+not written to the node, and the node's other mounts (here a tmpfs of the test's own) are
+overlaid too. ``Node`` (which the test harness passes) shares the node's root."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def node_tmpfs() -> Iterator[Path]:
 
 @pytest.fixture
 def overlay_agent() -> Iterator[Agent]:
+    """An agent on its default host image root (the harness passes Node: overridden here)."""
     with agent_session([*FAST_BACKOFF, "--host-image-root", "Overlay"]) as agents:
         agent = agents()
         agent.start()
@@ -139,7 +140,7 @@ def test_read_only_root_covers_the_node_mounts(
     assert seen["volume"] == "ok"
 
 
-def test_node_root_is_the_default_and_shares_the_node_filesystem(
+def test_node_root_shares_the_node_filesystem(
     agent: Agent, node_tmpfs: Path, tmp_path: Path
 ) -> None:
     top = f"/nlt-{secrets.token_hex(4)}"

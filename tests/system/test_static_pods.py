@@ -17,7 +17,7 @@ BUNDLED = Path(__file__).resolve().parents[2] / "static-pods"
 
 @pytest.fixture
 def agent() -> Iterator[Agent]:
-    with agent_session() as make:
+    with agent_session(["--host-image-root", "Overlay"]) as make:  # as `make run`: the default
         first = make()
         for manifest in BUNDLED.glob("*.yaml"):
             shutil.copy(manifest, first.manifests / manifest.name)

@@ -393,7 +393,7 @@ def test_printed_values_nodelet_holds() -> None:
         "apiVersion": "nodelet.io/v1alpha1",
         "kind": "NodeletConfiguration",
         "manifestValidation": "Strict",
-        "hostImageRoot": "Node",
+        "hostImageRoot": "Overlay",
     }
     assert kubelet["imageGCHighThresholdPercent"] == 85
     assert kubelet["imageGCLowThresholdPercent"] == 80
