@@ -17,7 +17,8 @@
    unless privileged. Fresh rather than a
    bind even for hostNetwork: the host's root may mount sysfs for any network namespace, and a
    fresh one carries none of the host's submounts (cgroup, debugfs); a kernel that refuses
-   (EPERM) gets runc's fallback, a recursive read-only bind of the host's.
+   (EPERM) gets runc's fallback, a recursive read-only bind of the host's. Its
+   ``fs/cgroup`` shows the container's own cgroups (``cgroupfs``).
 6. Volumes and managed files (``/etc/hosts``): each target resolved *in* the new root
    (``openat2`` RESOLVE_IN_ROOT: an image's absolute symlink cannot lead to the host), missing
    directories made with ``mkdirat`` in the resolved parent, a missing file target created
@@ -47,7 +48,7 @@ import platform
 import stat
 from collections.abc import Iterator
 
-from nodelet.holder import linux, mounts, protocol
+from nodelet.holder import cgroupfs, linux, mounts, protocol
 from nodelet.holder.mounts import MountError, step
 
 _SYS_FSOPEN = 430
@@ -142,7 +143,7 @@ def apply(spec: protocol.ContainerSpec, userns_fd: int | None = None) -> None:
         try:
             if rootfs.get("host"):
                 _host_submounts(root, rootfs, bool(spec.get("read_only_root")))
-            _system_mounts(root, privileged, shm)
+            _system_mounts(root, privileged, shm, list(spec.get("cgroup_procs") or []))
             for mount, tree in zip(spec["mounts"], trees, strict=True):
                 target = mount["target"]
                 step(f"cannot mount the volume at {target}", _attach, root, tree, target)
@@ -301,7 +302,7 @@ def _fs_log(fs: int) -> str:
     return "; ".join(line.strip() for line in lines if line.strip())
 
 
-def _system_mounts(root: int, privileged: bool, shm: str | None) -> None:
+def _system_mounts(root: int, privileged: bool, shm: str | None, cgroups: list[str]) -> None:
     proc = _make(root, "proc", directory=True)
     try:
         step("cannot mount /proc", _mount, "proc", _fd_path(proc), "proc",
@@ -311,12 +312,12 @@ def _system_mounts(root: int, privileged: bool, shm: str | None) -> None:
     _dev(root, privileged, shm)
     sys_ = _make(root, "sys", directory=True)
     try:
-        step("cannot mount /sys", _sysfs, root, sys_, privileged)
+        step("cannot mount /sys", _sysfs, root, sys_, privileged, cgroups)
     finally:
         os.close(sys_)
 
 
-def _sysfs(root: int, sys_: int, privileged: bool) -> None:
+def _sysfs(root: int, sys_: int, privileged: bool, cgroups: list[str]) -> None:
     """Read-only on the mount, never on the superblock: sysfs has one superblock per network
     namespace, so an ``MS_RDONLY`` mount would make every later sysfs of the pod's (or the
     host's) network namespace read-only too, a privileged container's included."""
@@ -324,6 +325,11 @@ def _sysfs(root: int, sys_: int, privileged: bool) -> None:
         _mount("sysfs", _fd_path(sys_), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except PermissionError:
         _mount("/sys", _fd_path(sys_), None, linux.MS_BIND | linux.MS_REC)
+    if cgroups:
+        with open("/proc/self/mountinfo") as table:
+            points = cgroupfs.hierarchies(table.read())
+        view = cgroupfs.plan(cgroups, points, cgroupfs.node_links())
+        step("cannot mount /sys/fs/cgroup", _cgroup_view, root, view)
     if privileged:
         return
     mounted = _in_root(root, "sys")
@@ -332,6 +338,34 @@ def _sysfs(root: int, sys_: int, privileged: bool) -> None:
                              set_=mounts.MOUNT_ATTR_RDONLY)  # fmt: skip
     finally:
         os.close(mounted)
+
+
+def _cgroup_view(root: int, view: cgroupfs.CgroupView) -> None:
+    """Bind the container's own cgroups (``cgroupfs``) at ``sys/fs/cgroup``."""
+    target = _in_root(root, "sys/fs/cgroup")
+    try:
+        if view.whole is not None:
+            _mount(view.whole, _fd_path(target), None, linux.MS_BIND)
+            return
+        if not view.dirs:
+            return
+        _mount("tmpfs", _fd_path(target), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+    finally:
+        os.close(target)
+    top = _in_root(root, "sys/fs/cgroup", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name, own in view.dirs:
+            os.mkdir(name, 0o755, dir_fd=top)
+            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=top)  # fmt: skip
+            try:
+                _mount(own, _fd_path(fd), None, linux.MS_BIND)
+            finally:
+                os.close(fd)
+        for name, link in view.links:
+            os.symlink(link, name, dir_fd=top)
+    finally:
+        os.close(top)
 
 
 def _dev(root: int, privileged: bool, shm: str | None) -> None:

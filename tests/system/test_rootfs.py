@@ -287,3 +287,48 @@ def test_read_only_root_and_missing_command(agent: Agent) -> None:
     (agent.manifests / "ro.json").unlink()
     wait_for(lambda: not pod_dir(agent, pod).exists(), 30, "the pod's dir removed")
     assert our_mounts(agent) == []
+
+
+CGROUP_REPORT = (
+    "if test -e /sys/fs/cgroup/cgroup.controllers; then mem=/sys/fs/cgroup; lim=memory.max; "
+    "else mem=/sys/fs/cgroup/memory; lim=memory.limit_in_bytes; fi; "
+    "echo limit=$(cat $mem/$lim); echo procs=$(cat $mem/cgroup.procs | wc -l); "
+    "echo subdir=$(mkdir $mem/nlt 2>&1 | grep -c Read-only); "
+    "echo names=$(ls /sys/fs/cgroup | tr '\\n' ' ')"
+)
+"""What a container prints of its ``/sys/fs/cgroup`` on cgroup v2 or v1."""
+
+
+def test_a_container_sees_its_own_cgroups_read_only(agent: Agent) -> None:
+    def limited(name: str, memory: str, **extra: Any) -> dict[str, Any]:
+        return container(name, CGROUP_REPORT, resources={"limits": {"memory": memory}}, **extra)
+
+    containers = [
+        limited("small", "32Mi"),
+        limited("large", "64Mi"),
+        limited("admin", "48Mi", securityContext={"privileged": True}),
+    ]
+    agent.write_manifest("cgview.json", manifest("cgview", containers))
+    pod = wait_for(lambda: agent.running("cgview", "small"), 30, "cgview running")
+    wait_for(lambda: agent.running("cgview", "admin"), 30, "cgview running")
+    # Each its own cgroup, not the pod's (144Mi) nor the node's (no limit).
+    assert value(agent, pod, "small", "limit") == str(32 << 20)
+    assert value(agent, pod, "large", "limit") == str(64 << 20)
+    assert value(agent, pod, "admin", "limit") == str(48 << 20)
+    # Its own processes only: the shell and the pipeline that counts them (the node's
+    # cgroup would list hundreds).
+    assert 1 <= int(value(agent, pod, "small", "procs")) <= 6
+    # Read-only unless privileged (mkdir in a cgroup is how a child cgroup is made).
+    assert value(agent, pod, "small", "subdir") == "1"
+    assert value(agent, pod, "admin", "subdir") == "0"
+    names = value(agent, pod, "small", "names").split()
+    if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():
+        assert "memory.max" in names
+    else:
+        # v1: the hierarchies the container has a cgroup of its own in, no other.
+        assert "memory" in names and "cpu" in names
+        assert not {"devices", "freezer", "blkio"} & set(names), names
+    assert not any(name.startswith("nlt-") for name in names), names
+    (agent.manifests / "cgview.json").unlink()
+    wait_for(lambda: not pod_dir(agent, pod).exists(), 30, "the pod's dir removed")
+    assert our_mounts(agent) == []
