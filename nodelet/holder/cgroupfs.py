@@ -40,12 +40,7 @@ class CgroupView:
 def hierarchies(mountinfo: str) -> list[str]:
     """Mount points of the node's cgroup and cgroup2 mounts at or directly under the root."""
     points = []
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if "-" not in fields or len(fields) < 5:
-            continue
-        fstype = fields[fields.index("-") + 1]
-        point = mounts.unescape(fields[4])
+    for point, fstype in mounts.points_and_types(mountinfo):
         if fstype in ("cgroup", "cgroup2") and (
             point == CGROUP_ROOT or os.path.dirname(point) == CGROUP_ROOT
         ):
@@ -59,9 +54,7 @@ def plan(procs_files: list[str], points: list[str], node_links: dict[str, str]) 
     view = CgroupView()
     for procs in procs_files:
         own = os.path.dirname(procs)
-        point = max(
-            (p for p in points if own == p or own.startswith(p + "/")), key=len, default=None
-        )
+        point = max((p for p in points if mounts.within(own, [p])), key=len, default=None)
         if point is None:
             continue
         if point == CGROUP_ROOT:

@@ -44,7 +44,7 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from nodelet.holder import linux, protocol
 
@@ -396,6 +396,18 @@ def mountinfo() -> dict[int, tuple[str, str, list[str]]]:
             optional = fields[6 : fields.index("-")]
             mounts[int(fields[0])] = (unescape(fields[4]), fields[5], optional)
     return mounts
+
+
+def points_and_types(table: str) -> Iterator[tuple[str, str]]:
+    """(mount point, filesystem type) of each well-formed line of a mountinfo text."""
+    for line in table.splitlines():
+        fields = line.split()
+        try:
+            separator = fields.index("-", 6)
+        except ValueError:
+            continue
+        if separator + 1 < len(fields):
+            yield unescape(fields[4]), fields[separator + 1]
 
 
 def unescape(field: str) -> str:

@@ -223,12 +223,7 @@ def host_submounts(table: str, skip: list[str]) -> list[str]:
     dirs in ``skip`` (other pods' roots, shm and netns binds live there). Of mounts stacked
     on one path the last, the one the node sees, counts once."""
     points: dict[str, None] = {}
-    for line in table.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        point = mounts.unescape(fields[4])
-        fstype = fields[fields.index("-") + 1]
+    for point, fstype in mounts.points_and_types(table):
         if point == "/" or fstype in PSEUDO_FILESYSTEMS or mounts.within(point, SYSTEM_TREES):
             continue
         if mounts.within(point, skip):
