@@ -59,7 +59,7 @@ AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_IDMAP = 0x00100000
 RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 
@@ -292,7 +292,7 @@ def _idmap(tree: int, source: str, target: str, userns_fd: int) -> None:
     the volume's own mount, as runc's ``idmap`` option (not ``ridmap``). A filesystem that
     cannot be idmapped fails the start, as the KEP asks, instead of showing unmapped ids."""
     try:
-        mount_setattr(tree, "", AT_EMPTY_PATH, set_=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        mount_setattr(tree, "", AT_EMPTY_PATH, set_=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
     except OSError as err:
         os.close(tree)
         raise MountError(

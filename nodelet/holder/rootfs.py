@@ -35,8 +35,9 @@ symlink to ``pts/ptmx``, ``shm`` (step 2), ``mqueue`` (the pod's IPC namespace, 
 default spec mounts it), and the ``fd``, ``stdin``, ``stdout`` and ``stderr`` links. Privileged:
 a recursive bind of the host's ``/dev``, with the pod's shm over its ``/dev/shm``.
 
-Pods with a user namespace (``hostUsers: false``) are refused: the layers belong to the host's
-root, and an idmapped overlay is not done yet (the agent refuses them before the holder does).
+With a user namespace (``hostUsers: false``) the layers are idmapped with it and what the
+holder creates in the root belongs to the pod's root (``idmaproot``); the ``host`` image keeps
+the node's own root for such pods (the agent never asks for its overlay).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import platform
 import stat
 from collections.abc import Iterator
 
-from nodelet.holder import cgroupfs, linux, mounts, protocol
+from nodelet.holder import cgroupfs, idmaproot, linux, mounts, protocol
 from nodelet.holder.mounts import MountError, step
 
 _SYS_FSOPEN = 430
@@ -123,39 +124,47 @@ def _fd_path(fd: int) -> str:
 def apply(spec: protocol.ContainerSpec, userns_fd: int | None = None) -> None:
     """Give the calling process the container's root filesystem (see the module docstring)."""
     rootfs = spec["rootfs"]
+    idmap = None
     if userns_fd is not None:
-        raise MountError(
-            "a container of a non-host image cannot run in a user namespace yet (hostUsers: "
-            "false): its image layers belong to the host's root and are not idmapped"
-        )
+        if rootfs.get("host"):
+            raise MountError("the node's / cannot be idmapped for a user namespace")
+        idmap = idmaproot.from_spec(spec)
     privileged = bool(spec.get("privileged"))
     trees: list[int] = []
     try:
         for mount in spec["mounts"]:
-            trees.append(mounts.clone_volume(mount, on_host=False))
+            trees.append(mounts.clone_volume(mount, userns_fd, on_host=False))
         shm = rootfs.get("shm")
         if shm and rootfs.get("shm_tmpfs"):
             step(f"cannot mount the pod's /dev/shm at {shm}", _pod_shm, shm)
         step("cannot create the container's mount namespace", _private_namespace)
-        merged = os.path.join(os.path.dirname(rootfs["upper"]), "merged")
-        _overlay(rootfs, merged)
+        run_dir = os.path.dirname(rootfs["upper"])
+        merged = os.path.join(run_dir, "merged")
+        lowers = rootfs["lower"]
+        if userns_fd is not None:
+            lowers = idmaproot.idmapped_layers(lowers, os.path.join(run_dir, "lower"), userns_fd)
+        _overlay(rootfs, lowers, merged, idmap)
         root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if rootfs.get("host"):
                 _host_submounts(root, rootfs, bool(spec.get("read_only_root")))
-            _system_mounts(root, privileged, shm, list(spec.get("cgroup_procs") or []))
+            cgroups = list(spec.get("cgroup_procs") or [])
+            _system_mounts(root, privileged, shm, cgroups, idmap)
             for mount, tree in zip(spec["mounts"], trees, strict=True):
                 target = mount["target"]
-                step(f"cannot mount the volume at {target}", _attach, root, tree, target)
+                step(f"cannot mount the volume at {target}", _attach, root, tree, target, idmap)
+            working_dir = spec["working_dir"]
+            if working_dir:
+                # Before the pivot: a lookup that fails after it would need a codec the
+                # holder has not imported, from an image that has no Python.
+                step(f"cannot create workingDir {working_dir}", _working_dir, root,
+                     working_dir, idmap)  # fmt: skip
         finally:
             os.close(root)
         step("cannot pivot_root into the container's root", _pivot, merged)
     finally:
         for tree in trees:
             os.close(tree)
-    working_dir = spec["working_dir"]
-    if working_dir:
-        step(f"cannot create workingDir {working_dir}", os.makedirs, working_dir, 0o755, True)
     for path in spec.get("readonly_paths") or []:
         step(f"cannot make {path} read-only", mounts.readonly_path, path)
     mounts.mask(spec.get("masked_paths") or [])
@@ -177,17 +186,21 @@ def _pod_shm(path: str) -> None:
     _mount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, SHM_OPTIONS)
 
 
-def _overlay(rootfs: protocol.RootfsSpec, merged: str) -> None:
+def _overlay(
+    rootfs: protocol.RootfsSpec, lowers: list[str], merged: str, idmap: idmaproot.Idmap | None
+) -> None:
     upper, work = rootfs["upper"], rootfs["work"]
     try:
         os.makedirs(os.path.dirname(upper), 0o700, exist_ok=True)
         for path in (upper, work, merged):
             os.makedirs(path, 0o755, exist_ok=True)
         os.chmod(upper, 0o755)  # the container's "/" takes the upper dir's mode
+        if idmap is not None:
+            os.chown(upper, idmap.uid, idmap.gid)  # and its owner: the pod's root
     except OSError as err:
         raise MountError(f"cannot create the container's root dirs: {err}") from None
     try:
-        tree = _overlay_tree(rootfs["lower"], upper, work)
+        tree = _overlay_tree(lowers, upper, work)
     except OSError as err:
         what = "the node's /" if rootfs.get("host") else "the image's layers"
         raise MountError(f"cannot mount {what} as an overlay: {err.strerror}") from None
@@ -297,15 +310,21 @@ def _fs_log(fs: int) -> str:
     return "; ".join(line.strip() for line in lines if line.strip())
 
 
-def _system_mounts(root: int, privileged: bool, shm: str | None, cgroups: list[str]) -> None:
-    proc = _make(root, "proc", directory=True)
+def _system_mounts(
+    root: int,
+    privileged: bool,
+    shm: str | None,
+    cgroups: list[str],
+    idmap: idmaproot.Idmap | None = None,
+) -> None:
+    proc = _make(root, "proc", directory=True, idmap=idmap)
     try:
         step("cannot mount /proc", _mount, "proc", _fd_path(proc), "proc",
              MS_NOSUID | MS_NODEV | MS_NOEXEC)  # fmt: skip
     finally:
         os.close(proc)
-    _dev(root, privileged, shm)
-    sys_ = _make(root, "sys", directory=True)
+    _dev(root, privileged, shm, idmap)
+    sys_ = _make(root, "sys", directory=True, idmap=idmap)
     try:
         step("cannot mount /sys", _sysfs, root, sys_, privileged, cgroups)
     finally:
@@ -363,26 +382,31 @@ def _cgroup_view(root: int, view: cgroupfs.CgroupView) -> None:
         os.close(top)
 
 
-def _dev(root: int, privileged: bool, shm: str | None) -> None:
-    dev = _make(root, "dev", directory=True)
+def _dev(root: int, privileged: bool, shm: str | None, idmap: idmaproot.Idmap | None) -> None:
+    dev = _make(root, "dev", directory=True, idmap=idmap)
     try:
         if privileged:
             step("cannot bind the host's /dev", _mount, "/dev", _fd_path(dev), None,
                  linux.MS_BIND | linux.MS_REC)  # fmt: skip
         else:
-            step("cannot mount /dev", _minimal_dev, root, dev)
+            step("cannot mount /dev", _minimal_dev, root, dev, idmap)
     finally:
         os.close(dev)
     if shm:
-        target = _make(root, "dev/shm", directory=True)
+        target = _make(root, "dev/shm", directory=True, idmap=idmap)
         try:
             step("cannot mount /dev/shm", _mount, shm, _fd_path(target), None, linux.MS_BIND)
         finally:
             os.close(target)
 
 
-def _minimal_dev(root: int, dev: int) -> None:
-    _mount("tmpfs", _fd_path(dev), "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
+def _minimal_dev(root: int, dev: int, idmap: idmaproot.Idmap | None) -> None:
+    """The tmpfs belongs to the container's root, the devpts's ttys to its tty group (5)."""
+    owner, tty = "", idmaproot.TTY_GID
+    if idmap is not None:
+        owner, tty = f",uid={idmap.uid},gid={idmap.gid}", idmap.tty_gid
+    options = "mode=755,size=65536k" + owner
+    _mount("tmpfs", _fd_path(dev), "tmpfs", MS_NOSUID | MS_STRICTATIME, options)
     # ``dev`` names the dir the tmpfs now covers: the tmpfs is reached by a fresh lookup.
     top = _in_root(root, "dev", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -401,7 +425,7 @@ def _minimal_dev(root: int, dev: int) -> None:
             try:
                 if name == "pts":
                     _mount("devpts", _fd_path(fd), "devpts", MS_NOSUID | MS_NOEXEC,
-                           "newinstance,ptmxmode=0666,mode=0620,gid=5")  # fmt: skip
+                           f"newinstance,ptmxmode=0666,mode=0620,gid={tty}")  # fmt: skip
                 else:
                     _mount("mqueue", _fd_path(fd), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             finally:
@@ -424,9 +448,10 @@ def _in_root(root: int, path: str, flags: int = os.O_PATH) -> int:
     return mounts.openat2(root, path or ".", flags | os.O_CLOEXEC, resolve)
 
 
-def _make(root: int, path: str, *, directory: bool) -> int:
+def _make(root: int, path: str, *, directory: bool, idmap: idmaproot.Idmap | None = None) -> int:
     """An O_PATH fd of ``path`` resolved in the container's root, creating what is missing:
-    directories on the way, and the last component as a directory or an empty file."""
+    directories on the way, and the last component as a directory or an empty file (owned
+    by the pod's root with a user namespace)."""
     components = list(_components(path))
     if not components:
         return _in_root(root, ".")
@@ -447,6 +472,8 @@ def _make(root: int, path: str, *, directory: bool) -> int:
                                  | os.O_CLOEXEC, 0o644, dir_fd=parent_fd))  # fmt: skip
             else:
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
+            if idmap is not None:
+                os.chown(name, idmap.uid, idmap.gid, dir_fd=parent_fd, follow_symlinks=False)
         except FileExistsError:
             pass  # a dangling symlink: resolving it below says what is wrong
         finally:
@@ -454,12 +481,12 @@ def _make(root: int, path: str, *, directory: bool) -> int:
     return _in_root(root, path.lstrip("/"))
 
 
-def _attach(root: int, tree: int, target: str) -> None:
+def _attach(root: int, tree: int, target: str, idmap: idmaproot.Idmap | None) -> None:
     """Mount a detached clone at ``target`` inside the new root."""
     if not os.path.isabs(target):
         raise OSError(errno.EINVAL, "mountPath must be an absolute path", target)
     directory = stat.S_ISDIR(os.fstat(tree).st_mode)
-    fd = _make(root, target, directory=directory)
+    fd = _make(root, target, directory=directory, idmap=idmap)
     try:
         args = (ctypes.c_int(tree), b"", ctypes.c_int(fd), b"")
         flags = mounts.MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH
@@ -480,6 +507,11 @@ def _pivot(merged: str) -> None:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), "umount the old root")
     os.chdir("/")
+
+
+def _working_dir(root: int, path: str, idmap: idmaproot.Idmap | None) -> None:
+    """workingDir, made as runc makes it (0755, the container's root), resolved in the root."""
+    os.close(_make(root, path, directory=True, idmap=idmap))
 
 
 def _read_only_root() -> None:

@@ -150,20 +150,12 @@ def _pod_userns() -> int:
         raise SetupError(str(err)) from None
 
 
-def host_id(mappings: list[list[int]], inside: int) -> int:
-    """The host id a map gives ``inside``; -1 (left as it is) when it maps none."""
-    for first, outside, length in mappings:
-        if first <= inside < first + length:
-            return outside + inside - first
-    return -1
-
-
 def _join_userns(spec: protocol.ContainerSpec, maps: protocol.UserNamespaceSpec, fd: int) -> None:
     """Into the pod's user namespace after the mounts (made by the host's root: idmapped
     volumes need it) and before the user switch and capabilities, which then apply inside."""
     user = spec["run_as_user"] or 0
     try:
-        userns.join(fd, maps, lambda: _stdio_owner(host_id(maps["uid_map"], user)))
+        userns.join(fd, maps, lambda: _stdio_owner(userns.host_id(maps["uid_map"], user)))
     except userns.UsernsError as err:
         raise SetupError(str(err)) from None
 

@@ -28,6 +28,14 @@ class UsernsError(Exception):
     """The pod's user namespace cannot be made or joined; the message says why."""
 
 
+def host_id(mappings: list[list[int]], inside: int) -> int:
+    """The host id a map gives ``inside``; -1 (left as it is) when it maps none."""
+    for first, outside, length in mappings:
+        if first <= inside < first + length:
+            return outside + inside - first
+    return -1
+
+
 def map_text(mappings: list[list[int]]) -> bytes:
     """``uid_map``/``gid_map`` content: ``<inside> <outside> <length>`` per line."""
     return b"".join(b"%d %d %d\n" % (first, outside, length) for first, outside, length in mappings)
@@ -117,7 +125,9 @@ def open_pod_userns() -> int:
 
 
 def _read_map(name: str) -> list[list[int]]:
-    with open(f"/proc/self/{name}", encoding="ascii") as table:
+    # utf-8, the codec the holder has loaded: this runs after the pivot into an image root,
+    # where no other codec module can be imported.
+    with open(f"/proc/self/{name}", encoding="utf-8") as table:
         return [[int(n) for n in line.split()] for line in table if line.strip()]
 
 

@@ -338,12 +338,6 @@ def _rootfs(
     name = container["name"]
     if ctx.pod_dir is None:
         raise ContainerConfigError(f'container "{name}": the pod has no state dir for its root')
-    if wants_user_namespace(ctx.pod.spec):
-        raise ContainerConfigError(
-            f'container "{name}": image {container.get("image")!r} cannot run in a user '
-            "namespace yet (hostUsers: false): its layers belong to the host's root and "
-            "idmapped image roots are not implemented; use hostUsers: true or the host image"
-        )
     return _root_on(ctx, name, attempt, image.layers)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,5 +332,78 @@ def test_a_container_sees_its_own_cgroups_read_only(agent: Agent) -> None:
         assert not {"devices", "freezer", "blkio"} & set(names), names
     assert not any(name.startswith("nlt-") for name in names), names
     (agent.manifests / "cgview.json").unlink()
+    wait_for(lambda: not pod_dir(agent, pod).exists(), 30, "the pod's dir removed")
+    assert our_mounts(agent) == []
+
+
+def test_host_users_false_runs_the_image_in_the_pods_user_namespace(agent: Agent) -> None:
+    """The layers are idmapped with the pod's user namespace: its root owns the image's files
+    and its own "/", what it writes lands on the node as the pod's host ids, and the shared
+    layer on the node is untouched."""
+    script = (
+        "echo uid=$(id -u); echo map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'); "
+        "echo owner=$(stat -c %u:%g /bin/busybox); echo rootdir=$(stat -c %u:%g /); "
+        "echo changed >> /app/hello; echo appended=$?; touch /new; echo wrote=$?; "
+        "echo workdir=$(pwd):$(stat -c %u .); echo mountpath=$(stat -c %u /nlt); "
+        "echo dev=$(stat -c %u /dev); "
+        "echo tty=$(grep ' /dev/pts ' /proc/self/mountinfo | tr , '\\n' | grep ^gid=)"
+    )
+    pod_manifest = manifest(
+        "unsimage",
+        [
+            container(
+                "app",
+                script,
+                workingDir="/work/dir",
+                volumeMounts=[{"name": "data", "mountPath": "/nlt/vol"}],
+                securityContext={"runAsUser": 0},
+                readinessProbe={
+                    "exec": {"command": ["/bin/sh", "-c", 'test "$(stat -c %u /new)" = 0']},
+                    "periodSeconds": 1,
+                },
+            )
+        ],
+        volumes=[{"name": "data", "emptyDir": {}}],
+        hostUsers=False,
+    )
+    agent.write_manifest("unsimage.json", pod_manifest)
+    pod = wait_for(lambda: agent.running("unsimage"), 30, "unsimage running")
+    record = json.loads((pod_dir(agent, pod) / "userns").read_text())
+    base = record["uidMappings"][0]["hostId"]
+    assert base > 0
+    assert value(agent, pod, "app", "uid") == "0"
+    assert value(agent, pod, "app", "map") == f"0 {base} 65536"
+    # Without the idmap the host's root would be the overflow id (65534) in here.
+    assert value(agent, pod, "app", "owner") == "0:0"
+    assert value(agent, pod, "app", "rootdir") == "0:0"
+    assert value(agent, pod, "app", "appended") == "0"
+    assert value(agent, pod, "app", "wrote") == "0"
+    assert value(agent, pod, "app", "workdir") == "/work/dir:0"
+    assert value(agent, pod, "app", "mountpath") == "0"
+    assert value(agent, pod, "app", "dev") == "0"
+    # New ttys go to the pod's tty group, its gid 5 (the kernel shows the option as the node's
+    # id); gid=5 here would be the node's tty group, outside the pod's range.
+    assert value(agent, pod, "app", "tty") == f"gid={base + 5}"
+    up = upper(agent, pod, "app")
+    for path in (up / "new", up / "work" / "dir", up / "nlt"):
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == (base, base), path
+    # /app/hello is uid 1000's in the image: copied up as the pod's uid 1000.
+    hello = up / "app" / "hello"
+    assert hello.read_text() == "hello from the app layer\nchanged\n"
+    assert (os.stat(hello).st_uid, os.stat(hello).st_gid) == (base + 1000, base + 1000)
+    layers = list((agent.root / "images" / "layers").glob("*/app/hello"))
+    assert [p.read_text() for p in layers] == ["hello from the app layer\n"]
+    assert os.stat(layers[0]).st_uid == 1000
+    # The idmapped layers were mounted in the container's own mount namespace only.
+    assert our_mounts(agent) == [str(pod_dir(agent, pod) / "shm")]
+    # Probes and nodelet exec join the same namespaces and see the same ids.
+    ready = lambda: (agent.container_status("unsimage", "app") or {}).get("ready")  # noqa: E731
+    wait_for(ready, 20, "the exec probe run in the pod's user namespace")
+    argv = [sys.executable, "-m", "nodelet", "exec", "--run-dir", str(agent.run_dir),
+            pod["metadata"]["name"], "-c", "app", "--",
+            "/bin/sh", "-c", "stat -c %u:%g /bin/busybox"]  # fmt: skip
+    exec_owner = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert (exec_owner.returncode, exec_owner.stdout) == (0, "0:0\n"), exec_owner.stderr
+    (agent.manifests / "unsimage.json").unlink()
     wait_for(lambda: not pod_dir(agent, pod).exists(), 30, "the pod's dir removed")
     assert our_mounts(agent) == []

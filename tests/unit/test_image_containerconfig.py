@@ -230,7 +230,7 @@ def test_image_errors_are_container_errors(tmp_path: Path) -> None:
         build_container_config(context, {"name": "app", "image": "other:1"}, 0)
 
 
-def test_host_users_false_is_refused_for_an_image_root(tmp_path: Path) -> None:
+def test_host_users_false_runs_an_image_root_in_the_pods_user_namespace(tmp_path: Path) -> None:
     info = image_info(tmp_path)
     context = dataclasses.replace(
         ctx(make_pod(hostUsers=False)),
@@ -238,8 +238,10 @@ def test_host_users_false_is_refused_for_an_image_root(tmp_path: Path) -> None:
         pod_dir=tmp_path / "pod",
         user_namespace=UserNamespace(65536, 65536),
     )
-    with pytest.raises(ContainerConfigError, match="cannot run in a user namespace yet"):
-        build_container_config(context, {"name": "app", "image": "nlt/img:1"}, 0)
+    config = build_container_config(context, {"name": "app", "image": "nlt/img:1"}, 0)
+    assert config.user_namespace == UserNamespace(65536, 65536)
+    assert config.rootfs is not None and config.rootfs.lower == info.layers
+    assert not config.rootfs.host
 
 
 def test_host_images_run_on_the_host(tmp_path: Path) -> None:
