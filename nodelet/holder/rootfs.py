@@ -481,7 +481,7 @@ def _make(root: int, path: str, *, directory: bool, idmap: idmaproot.Idmap | Non
     return _in_root(root, path.lstrip("/"))
 
 
-def _attach(root: int, tree: int, target: str, idmap: idmaproot.Idmap | None) -> None:
+def _attach(root: int, tree: int, target: str, idmap: idmaproot.Idmap | None = None) -> None:
     """Mount a detached clone at ``target`` inside the new root."""
     if not os.path.isabs(target):
         raise OSError(errno.EINVAL, "mountPath must be an absolute path", target)
