@@ -380,7 +380,7 @@ def _check_propagation(fd: int, source: str, propagation: str) -> None:
 
 def mount_id_of(fd: int) -> int:
     """The id (as in mountinfo) of the mount an fd is on."""
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="utf-8") as info:  # the loaded codec
         for line in info:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
