@@ -259,6 +259,8 @@ def format_duration(seconds: float) -> str:
     """``seconds`` as Go prints a duration, for values nodelet holds (``20s``, ``5m0s``)."""
     if seconds == 0:
         return "0s"
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     hours, rest = divmod(seconds, 3600)

@@ -132,3 +132,38 @@ def test_the_config_file_sets_the_host_image_root(tmp_path: Path) -> None:
         ConfigFileError, match="hostImageRoot: 'Shared' is not one of Overlay, Node"
     ):
         load_files([path])
+
+
+def test_grouping_does_not_depend_on_the_order_of_the_names() -> None:
+    records = [
+        ImageRecord("nlt.test/a:latest", "d1", "m1", "id-a", 5.0, 70.0),
+        ImageRecord("nlt.test/a:1", "d1", "m1", "id-a", 10.0, 50.0),
+    ]
+    for ordered in (records, records[::-1]):
+        (grouped,) = group_images(ordered, {})
+        assert (grouped.first_seen, grouped.last_used) == (5.0, 70.0)
+    stored_at_epoch = [ImageRecord("nlt.test/z:1", "d", "m", "id-z", 0.0)]
+    assert group_images(stored_at_epoch, {})[0].last_used == 0.0
+
+
+def test_threshold_and_age_boundaries() -> None:
+    assert policy_problem(0, 0) is None
+    assert policy_problem(85, 80, 120, -1) == (
+        "invalid configuration: imageMaximumGCAge -1s must not be negative"
+    )
+    assert usage_percent(100 * GIB, 100 * GIB) == 0
+    assert bytes_to_free(0, 0, GCPolicy()) == 0  # no capacity reported: nothing to do
+    assert bytes_to_free(100 * GIB, 20 * GIB, GCPolicy(80, 80)) == 0  # at low already
+
+
+def test_the_maximum_age_is_exceeded_only_past_it() -> None:
+    from nodelet.image.gc import too_old
+
+    images = [image("at", 0, 500), image("past", 0, 499)]
+    assert [i.id for i in too_old(images, set(), 1000, GCPolicy(min_age=0, max_age=500))] == [
+        "past"
+    ]
+    assert [i.id for i in too_old(images, set(), 1000, GCPolicy(min_age=0, max_age=1))] == [
+        "past",
+        "at",
+    ]

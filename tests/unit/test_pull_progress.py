@@ -44,3 +44,28 @@ def test_lines_are_throttled_and_the_last_one_is_always_shown() -> None:
     progress.finish()
     assert shown[-1] == "pulling x: 4.0 of 4.0 MB (100 %)"
     assert len(shown) == 2
+
+
+def test_rounding_and_bounds_of_the_figures() -> None:
+    from nodelet.image.progress import megabytes, percent
+
+    assert megabytes(1_050_000) == "1.1"
+    assert bar_line("x", 0, None, 1_050_000).endswith("1.1 MB/s")
+    assert percent(0, 1) == 0
+    assert percent(202, 100) == 100  # more than announced never shows more than 100 %
+
+
+def test_the_rate_is_bytes_over_time_since_the_start_and_a_line_is_due_at_every() -> None:
+    seen: list[tuple[int, int | None, float]] = []
+    now = [50.0]
+
+    def render(name: str, done: int, total: int | None, rate: float) -> str:
+        seen.append((done, total, rate))
+        return name
+
+    progress = PullProgress("x", lambda _line: None, 2.0, render, clock=lambda: now[0])
+    progress.finish()
+    assert seen == [(0, None, 0.0)]
+    now[0] = 52.0  # exactly one period after the start: due
+    progress(3_000_000)
+    assert seen[-1] == (3_000_000, None, 1_500_000.0)
