@@ -340,7 +340,7 @@ def _sysfs(root: int, sys_: int, privileged: bool, cgroups: list[str]) -> None:
     except PermissionError:
         _mount("/sys", _fd_path(sys_), None, linux.MS_BIND | linux.MS_REC)
     if cgroups:
-        with open("/proc/self/mountinfo") as table:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
             points = cgroupfs.hierarchies(table.read())
         view = cgroupfs.plan(cgroups, points, cgroupfs.node_links())
         step("cannot mount /sys/fs/cgroup", _cgroup_view, root, view)
