@@ -55,8 +55,8 @@ def plan(procs_files: list[str], points: list[str], node_links: dict[str, str]) 
     for procs in procs_files:
         own = os.path.dirname(procs)
         point = max((p for p in points if mounts.within(own, [p])), key=len, default=None)
-        if point is None:
-            continue
+        if point is None or point == own:
+            continue  # not a cgroup of its own: that would show the node's whole tree
         if point == CGROUP_ROOT:
             return CgroupView(whole=own)
         name = os.path.basename(point)

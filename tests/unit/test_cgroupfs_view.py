@@ -68,3 +68,9 @@ def test_the_deepest_hierarchy_holding_the_cgroup_wins() -> None:
 
 def test_no_cgroups_no_view() -> None:
     assert plan([], hierarchies(V1_TABLE), {"cpu": "cpu,cpuacct"}) == CgroupView()
+
+
+def test_a_hierarchy_root_is_never_shown() -> None:
+    assert plan(["/sys/fs/cgroup/cgroup.procs"], ["/sys/fs/cgroup"], {}) == CgroupView()
+    view = plan(["/sys/fs/cgroup/memory/tasks"], hierarchies(V1_TABLE), {})
+    assert view == CgroupView()
