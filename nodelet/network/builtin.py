@@ -75,6 +75,8 @@ class BuiltinNetwork:
         self.claims = HostPortClaims(Path(state_dir) / "hostports")
         self.nft = NftTable(nft_table)
         self.pod_cidr_routes = _routes(pod_cidr_routes or {})
+        self._flat_peers: frozenset[str] = frozenset()
+        """The peer CIDRs in the nft table's unmasqueraded set, as last written."""
         self.route_protocol = route_protocol
         self.unreachable: dict[str, str] = {}
         """Peer routes the kernel refused (dst -> why), each logged once; retried by callers."""
@@ -178,6 +180,13 @@ class BuiltinNetwork:
                 self._note_unreachable(dst, f"route {dst}: overlaps this node's pod CIDR {own}")
             else:
                 routes[dst] = gateway
+        kept = [dst for dst in routes if dst in self._flat_peers]
+        if set(kept) != self._flat_peers:
+            # A peer leaves the unmasqueraded set before its route goes (and joins it only
+            # after its route is set): a pod's packet to it never takes the default route
+            # with its pod source address.
+            self.nft.ensure(self.cidr, self.bridge, kept)
+            self._flat_peers = frozenset(kept)
         with links.host() as ipr:
             failed = links.set_routes(ipr, routes, self.route_protocol)
         for dst, why in failed.items():
@@ -188,6 +197,7 @@ class BuiltinNetwork:
             log.info("pod CIDR route %s via %s set", dst, routes[dst])
             del self.unreachable[dst]
         self.nft.ensure(self.cidr, self.bridge, routes)
+        self._flat_peers = frozenset(routes)
 
     def _note_unreachable(self, dst: str, why: str) -> None:
         if self.unreachable.get(dst) != why:
