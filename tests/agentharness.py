@@ -80,6 +80,8 @@ class Agent:
         self.port = free_port()
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
+        self.own_group = False
+        """Start the agent as the leader of a process group of its own (as a shell's job)."""
         self.output = base / "agent.log"
 
     def start(self, omit: tuple[str, ...] = ()) -> None:
@@ -97,7 +99,9 @@ class Agent:
         flags = [part for flag, value in base.items() if flag not in omit for part in (flag, value)]
         cmd = [*self.prefix, sys.executable, "-m", "nodelet", "run", *flags, *self.extra_args]
         with open(self.output, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=self.own_group
+            )
         wait_for(self.healthy, 20, "agent /healthz")
 
     def healthy(self) -> bool:

@@ -106,6 +106,10 @@ def _create(request: protocol.SandboxRequest, channel: socket.socket) -> dict[st
 
 def main(fd: int, agent_pid: int | None = None) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A Ctrl-C at `nodelet run` reaches the terminal's whole process group: the agent stops
+    # on it, and the zygote goes with the agent. (Holders set their own handlers, containers
+    # get the default one.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != (agent_pid or os.getppid()) or os.getppid() == 1:
         return  # the agent died before the death signal was armed: nobody will ask us anything
     channel = socket.socket(fileno=fd)

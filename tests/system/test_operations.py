@@ -4,6 +4,7 @@ the truth, and pods whose manifest vanished while the agent was down are cleaned
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -137,4 +138,24 @@ def test_agent_sigterm_leaves_pods_running_and_next_agent_adopts(
     second.start()
     adopted: dict[str, Any] = wait_for(lambda: second.running("keep"), 10, "re-adopted")
     assert adopted["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert not process_gone(pid)
+
+
+def test_ctrl_c_stops_the_agent_quietly_and_leaves_pods_running(
+    agents: Callable[[], Agent],
+) -> None:
+    """A Ctrl-C at `nodelet run` in a terminal is a SIGINT to the whole foreground process
+    group: the agent stops as on SIGTERM, its zygote goes without a traceback, the pods stay."""
+    agent = agents()
+    agent.own_group = True
+    agent.start()
+    agent.write_manifest("keep.yaml", good_pod("keep"))
+    pod = wait_for(lambda: agent.running("keep"), 20, "pod running")
+    pid = int(agent.log_value(pod, "app", "pid"))
+    assert agent.proc is not None
+    os.killpg(agent.proc.pid, signal.SIGINT)
+    assert agent.proc.wait(timeout=20) == 0
+    log = agent.output.read_text()
+    assert "stopping; pods keep running" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-2000:]
     assert not process_gone(pid)
