@@ -182,11 +182,15 @@ def logs_counted(bench: Bench) -> tuple[float, int]:
     return rate(took, total), total
 
 
-def logs_discarded(argv: list[str]) -> float:
-    """MB/s of a command that writes the 100 MB log to /dev/null."""
+def logs_discarded(argv: list[str]) -> tuple[float, float]:
+    """MB/s of a command that writes the 100 MB log to /dev/null, and the CPU seconds it used."""
     began = time.monotonic()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=TIMEOUT, check=True)
-    return rate(time.monotonic() - began, LOG_LINES * 100)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.monotonic() - began
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, f"{argv[:4]}... exited {proc.returncode}"
+    return rate(took, LOG_LINES * 100), usage.ru_utime + usage.ru_stime
 
 
 def curl_logs(bench: Bench) -> list[str] | None:
@@ -203,7 +207,8 @@ def curl_logs(bench: Bench) -> list[str] | None:
 
 
 @contextmanager
-def port_forward(bench: Bench) -> Iterator[int]:
+def port_forward(bench: Bench) -> Iterator[tuple[int, int]]:
+    """kubectl port-forward running: (its local port, its pid)."""
     local = free_port()
     argv = bench.kubectl_argv("port-forward", f"pod/{bench.mirror}", f"{local}:{SERVE_PORT}")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -211,7 +216,7 @@ def port_forward(bench: Bench) -> Iterator[int]:
         assert proc.stdout is not None
         first = proc.stdout.readline().decode()
         assert f"-> {SERVE_PORT}" in first, first
-        yield local
+        yield local, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -224,6 +229,41 @@ def forward_rate(local: int) -> float:
         took = time.monotonic() - began
     assert total == FORWARD_BYTES, f"port-forward gave {total} of {FORWARD_BYTES} bytes"
     return rate(took, total)
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far."""
+    times = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
+    return {name: t.user + t.system for name, t in times.items()}
+
+
+class PathCost:
+    """CPU seconds per MB that each process on a path spent, summed over runs: how fast the
+    path could go with every core of the machine and nothing else running."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.megabytes = 0.0
+
+    def add(self, spent: dict[str, float], size: int) -> None:
+        for name, seconds in spent.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.megabytes += size / 1e6
+
+    def per_mb(self, name: str) -> float:
+        return self.seconds[name] / self.megabytes
+
+    def ceiling(self, names: list[str]) -> float:
+        """MB/s at which ``names`` alone would use all of this machine's cores."""
+        return (os.cpu_count() or 1) / sum(self.per_mb(name) for name in names)
+
+    def report(self, outside: list[str]) -> str:
+        names = list(self.seconds)
+        return ("CPU per MB: "
+                + ", ".join(f"{name} {self.per_mb(name) * 1e3:.2f} ms" for name in names)
+                + f"; all {os.cpu_count()} cores would carry at most {self.ceiling(names):.0f} "
+                f"MB/s through them, {self.ceiling(outside):.0f} MB/s through "
+                f"{' and '.join(outside)} alone")  # fmt: skip
 
 
 def direct_rate(netns: str) -> float:
@@ -340,6 +380,8 @@ def main() -> None:
 
 def run(bench: Bench, netns: str) -> None:
     ratios: list[float] = []
+    assert bench.agent.proc is not None
+    agent_pid = bench.agent.proc.pid
 
     def exec_step() -> str:
         through, direct = exec_round_trips(bench)
@@ -359,14 +401,22 @@ def run(bench: Bench, netns: str) -> None:
     curl = curl_logs(bench)
     kubectl = bench.kubectl_argv("logs", bench.mirror, "-c", "logger")
 
+    logs_cost = PathCost()
+    servers = {"agent": agent_pid, "kube-apiserver": bench.api.apiserver_pid}
+
     def logs_step() -> str:
         mbs, size = logs_counted(bench)
         assert size == LOG_LINES * 100 + len(b"logger done\n"), f"kubectl logs printed {size} B"
         counted.append(mbs)
-        rates.append(logs_discarded(kubectl))
+        before = cpu_seconds(servers)
+        mbs, kubectl_cpu = logs_discarded(kubectl)
+        after = cpu_seconds(servers)
+        rates.append(mbs)
+        spent = {name: after[name] - before[name] for name in servers} | {"kubectl": kubectl_cpu}
+        logs_cost.add(spent, size)
         text = f"kubectl logs > /dev/null {rates[-1]:.0f} MB/s, into a pipe {mbs:.0f} MB/s"
         if curl is not None:
-            curled.append(logs_discarded(curl))
+            curled.append(logs_discarded(curl)[0])
             text += f", curl of the API server's pods/log {curled[-1]:.0f} MB/s"
         return text
 
@@ -375,14 +425,25 @@ def run(bench: Bench, netns: str) -> None:
           f"into a pipe (goal >= 100 MB/s): {verdict(statistics.median(rates) >= 100)}"
           + (f"; curl through the API server {spread(curled)} MB/s" if curled else ""),
           flush=True)  # fmt: skip
+    print(
+        f"  kubectl logs to /dev/null, {logs_cost.report(['kube-apiserver', 'kubectl'])}; "
+        f"kubectl {1 / logs_cost.per_mb('kubectl'):.0f} MB/s per core of its own",
+        flush=True,
+    )
 
     forwarded: list[float] = []
     direct: list[float] = []
+    cost = PathCost()
 
     def forward_step() -> str:
         direct.append(direct_rate(netns))
-        with port_forward(bench) as local:
+        with port_forward(bench) as (local, kubectl_pid):
+            pids = {"agent": agent_pid, "kube-apiserver": bench.api.apiserver_pid,
+                    "kubectl": kubectl_pid}  # fmt: skip
+            before = cpu_seconds(pids)
             forwarded.append(forward_rate(local))
+            after = cpu_seconds(pids)
+            cost.add({name: after[name] - before[name] for name in pids}, FORWARD_BYTES)
         return (f"port-forward {forwarded[-1]:.0f} MB/s, "
                 f"direct in the pod's netns {direct[-1]:.0f} MB/s")  # fmt: skip
 
@@ -390,6 +451,8 @@ def run(bench: Bench, netns: str) -> None:
     share = statistics.median(forwarded) / statistics.median(direct) * 100
     print(f"port-forward: {spread(forwarded)} MB/s, direct loopback {spread(direct)} MB/s, "
           f"{share:.0f} % (goal >= 50 %): {verdict(share >= 50)}", flush=True)  # fmt: skip
+    print(f"  port-forward, {cost.report(['kube-apiserver', 'kubectl'])} (50 % of direct: "
+          f"{statistics.median(direct) / 2:.0f} MB/s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -240,6 +240,11 @@ class ApiServer:
     """etcd, then kube-apiserver: `outage` replaces the second."""
     _context: ssl.SSLContext | None = None
 
+    @property
+    def apiserver_pid(self) -> int:
+        """The running kube-apiserver's pid (benches count its CPU time)."""
+        return self._processes[1].popen.pid
+
     @contextlib.contextmanager
     def outage(self) -> Iterator[None]:
         """kube-apiserver stopped (by pid; etcd keeps the data) for the `with` block, then
